@@ -1,0 +1,227 @@
+"""Train the embedded Shapes model from scratch: ``python -m v2drop.shapes.train``.
+
+Reproduces ``assets/shapes-llava/``.  Everything is seeded: model init from ``--seed``,
+training examples are generated on the fly from ``(--data-seed, example index)`` so a
+run (and a ``--resume``d run) sees exactly the same data; nothing is stored on disk
+except checkpoints (``--ckpt-dir``, every ``--ckpt-minutes``).
+
+Each training sequence is one scene with 1-6 question/answer turns (multi-turn chat,
+the image only in the first user turn, before the question).  The loss is on answer
+tokens (+ their ``<|end|>``) only.  AdamW, linear warmup + cosine decay, all weights
+(vision tower, projector, decoder) trained from scratch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+
+import numpy as np
+import torch
+
+from . import scenes
+from .model import NUM_VISION_TOKENS, build_model, build_processor
+
+VAL_SEED = 55555  # small validation stream (neither the training nor the benchmark seed)
+
+
+def pixel_values_from_images(images) -> torch.Tensor:
+    """Same normalisation as the shipped SigLIP image processor (128x128, mean=std=0.5)."""
+    arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])
+    arr = (arr / 255.0 - 0.5) / 0.5
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+class Encoder:
+    """Turns (questions, answers) into token ids + labels, matching the chat template."""
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        t = tokenizer.convert_tokens_to_ids
+        self.bos, self.user, self.asst, self.end = t("<s>"), t("<|user|>"), t("<|assistant|>"), t("<|end|>")
+        self.image = t("<image>")
+        self.pad = tokenizer.pad_token_id
+        self._cache = {}
+
+    def words(self, text):
+        if text not in self._cache:
+            self._cache[text] = self.tok.encode(text, add_special_tokens=False)
+        return self._cache[text]
+
+    def encode(self, qa):
+        ids, labels = [self.bos], [-100]
+        for k, (q, a) in enumerate(qa):
+            turn = [self.user] + ([self.image] * NUM_VISION_TOKENS if k == 0 else []) + self.words(q) + [self.end]
+            ids += turn + [self.asst]
+            labels += [-100] * (len(turn) + 1)
+            ans = self.words(a) + [self.end]
+            ids += ans
+            labels += ans
+        return ids, labels
+
+
+def make_batch(enc, samples, max_turns):
+    seqs = []
+    for s in samples:
+        qa = [(s.question, s.answer)] + [(q, a) for q, a, _ in s.extra][: max_turns - 1]
+        seqs.append(enc.encode(qa))
+    L = max(len(i) for i, _ in seqs)
+    ids = torch.full((len(seqs), L), enc.pad, dtype=torch.long)
+    lab = torch.full((len(seqs), L), -100, dtype=torch.long)
+    att = torch.zeros((len(seqs), L), dtype=torch.long)
+    for b, (i, l) in enumerate(seqs):
+        ids[b, : len(i)] = torch.tensor(i)
+        lab[b, : len(l)] = torch.tensor(l)
+        att[b, : len(i)] = 1
+    return {"input_ids": ids, "attention_mask": att, "labels": lab,
+            "pixel_values": pixel_values_from_images([s.image for s in samples])}
+
+
+def train_samples(data_seed, step, batch_size, max_turns):
+    out = []
+    for j in range(batch_size):
+        idx = step * batch_size + j
+        rng = np.random.default_rng([int(data_seed), idx])
+        n_extra = int(rng.integers(0, max_turns))  # 0 .. max_turns-1 extra turns
+        out.append(scenes.sample(data_seed, idx, n_extra=n_extra, balanced=False))
+    return out
+
+
+@torch.no_grad()
+def quick_val(model, enc, val, device):
+    """Teacher-forced first-answer-token accuracy per question type."""
+    model.eval()
+    correct, total = {}, {}
+    for i in range(0, len(val), 32):
+        chunk = val[i: i + 32]
+        batch = make_batch(enc, chunk, 1)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       pixel_values=batch["pixel_values"]).logits
+        lab = batch["labels"]
+        for b, s in enumerate(chunk):
+            pos = (lab[b] != -100).nonzero()[0, 0].item()  # first answer token
+            ok = int(logits[b, pos - 1].argmax().item() == lab[b, pos].item())
+            correct[s.qtype] = correct.get(s.qtype, 0) + ok
+            total[s.qtype] = total.get(s.qtype, 0) + 1
+    model.train()
+    acc = {t: correct[t] / total[t] for t in total}
+    acc["all"] = sum(correct.values()) / sum(total.values())
+    return acc
+
+
+def lr_at(step, total, base, warmup, final_frac=0.05):
+    if step < warmup:
+        return base * (step + 1) / warmup
+    p = (step - warmup) / max(1, total - warmup)
+    return base * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Train the embedded Shapes LLaVA model.")
+    ap.add_argument("--out", default=None, help="output folder (default: assets/shapes-llava)")
+    ap.add_argument("--steps", type=int, default=1600)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-turns", type=int, default=6, help="question/answer turns per scene (1..N)")
+    ap.add_argument("--lr", type=float, default=1.5e-3)
+    ap.add_argument("--warmup", type=int, default=150)
+    ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--seed", type=int, default=0, help="model init seed")
+    ap.add_argument("--data-seed", type=int, default=scenes.TRAIN_SEED)
+    ap.add_argument("--ckpt-dir", default=os.environ.get("SHAPES_CKPT_DIR", "/work/ckpt/shapes"))
+    ap.add_argument("--ckpt-minutes", type=float, default=4.0)
+    ap.add_argument("--resume", action="store_true", help="resume from --ckpt-dir/last.pt")
+    ap.add_argument("--val-every", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("SHAPES_THREADS", "2")))
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--bench-steps", type=int, default=0,
+                    help="only time this many steps (throughput measurement), save nothing")
+    args = ap.parse_args(argv)
+
+    from .model import DEFAULT_MODEL_DIR
+
+    out_dir = args.out or DEFAULT_MODEL_DIR
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    processor = build_processor()
+    tok = processor.tokenizer
+    enc = Encoder(tok)
+    model = build_model(seed=args.seed, tokenizer=tok).to(device)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
+    start = 0
+    ckpt_path = os.path.join(args.ckpt_dir, "last.pt")
+    if args.resume and os.path.exists(ckpt_path):
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        start = ck["step"]
+        print(f"resumed from {ckpt_path} at step {start}", flush=True)
+    val = [scenes.sample(VAL_SEED, i) for i in range(128)]
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"params {n_params / 1e6:.2f}M, steps {args.steps}, batch {args.batch_size}, "
+          f"scenes {args.steps * args.batch_size}, device {device}, threads {args.threads}", flush=True)
+
+    try:
+        from tqdm import tqdm
+        bar = tqdm(total=args.steps, initial=start, mininterval=10, dynamic_ncols=False, ncols=100)
+    except ImportError:  # pragma: no cover
+        bar = None
+    total_steps = args.bench_steps if args.bench_steps else args.steps
+    t0 = last_ck = time.time()
+    ema = None
+    os.makedirs(args.ckpt_dir, exist_ok=True)
+    for step in range(start, total_steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
+        samples = train_samples(args.data_seed, step, args.batch_size, args.max_turns)
+        batch = {k: v.to(device) for k, v in make_batch(enc, samples, args.max_turns).items()}
+        loss = model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{ema:.3f}", lr=f"{opt.param_groups[0]['lr']:.1e}", refresh=False)
+        if (step + 1) % 25 == 0 or bar is None and (step + 1) % 10 == 0:
+            el = time.time() - t0
+            print(f"\nstep {step + 1} loss {ema:.4f} {(step + 1 - start) * args.batch_size / el:.1f} scenes/s "
+                  f"elapsed {el / 60:.1f} min", flush=True)
+        if args.bench_steps:
+            continue
+        if (step + 1) % args.val_every == 0 or step + 1 == args.steps:
+            acc = quick_val(model, enc, val, device)
+            print(f"\nstep {step + 1} val " + " ".join(f"{k}={v:.3f}" for k, v in acc.items()), flush=True)
+        if time.time() - last_ck > args.ckpt_minutes * 60:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1,
+                        "args": vars(args)}, ckpt_path + ".tmp")
+            os.replace(ckpt_path + ".tmp", ckpt_path)
+            last_ck = time.time()
+    if bar is not None:
+        bar.close()
+    wall = time.time() - t0
+    print(f"training wall time {wall / 60:.1f} min", flush=True)
+    if args.bench_steps:
+        return
+    model.eval()
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir)
+    model.generation_config.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    with open(os.path.join(out_dir, "training_args.json"), "w") as f:
+        json.dump({**{k: v for k, v in vars(args).items() if k not in ("resume", "device", "ckpt_dir")},
+                   "wall_minutes_this_process": round(wall / 60, 1), "resumed_from_step": start}, f, indent=1)
+    print(f"saved model + processor to {out_dir}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
