@@ -1,0 +1,240 @@
+"""Accuracy of the Shapes model on the held-out benchmark, unpruned and with token dropping.
+
+    python -m v2drop.shapes.evaluate [--model DIR] [--n 1200] [--methods none,v2drop]
+                                     [--budgets 0.5,0.333,0.111] [--out results.json]
+
+For every method other than ``none`` (the unpatched model) and every budget, a
+``DropSchedule.for_budget(num_layers, layers, target=budget)`` is built and the model
+is run inside ``v2drop.apply(model, schedule, method=name)``; any method name the
+engine knows (``v2drop``, later ``fastv``, ``random``, ...) can be listed.
+Explicit schedules can be given with ``--schedules "2:0.5,4:0.5,6:0;3:0.3"``.
+
+Scoring: greedy ``model.generate(max_new_tokens=3)``; a question is correct when the
+first generated word equals the one-word answer.  Batched with left padding (every
+prompt has the same 256 image tokens).  The importable core is
+``evaluate(model, processor, questions, method="none", schedule=None, batch_size=32)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+from . import scenes
+
+DEFAULT_BUDGETS = (0.5, 1 / 3, 1 / 9)
+DEFAULT_LAYERS = (2, 4, 6)
+
+
+def _fields(q):
+    if isinstance(q, dict):
+        return q["image"], q["question"], q["answer"], q.get("qtype", "all")
+    return q.image, q.question, q.answer, q.qtype
+
+
+def build_inputs(processor, images, questions):
+    """Left-padded batch of single-turn prompts (image first, then the question)."""
+    texts = []
+    for q in questions:
+        msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}]
+        texts.append(processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False))
+    tok = processor.tokenizer
+    old = tok.padding_side
+    tok.padding_side = "left"
+    try:
+        return processor(images=list(images), text=texts, padding=True, return_tensors="pt")
+    finally:
+        tok.padding_side = old
+
+
+def first_word(text: str) -> str:
+    parts = text.strip().lower().split()
+    return parts[0] if parts else ""
+
+
+@torch.no_grad()
+def answer(model, processor, images, questions, max_new_tokens=3):
+    """Greedy answers (decoded strings) for a batch of (image, question)."""
+    inputs = build_inputs(processor, images, questions).to(model.device)
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                         pad_token_id=processor.tokenizer.pad_token_id)
+    new = out[:, inputs["input_ids"].shape[1]:]
+    return processor.tokenizer.batch_decode(new, skip_special_tokens=True)
+
+
+def _trace_kept(trace):
+    """Best-effort mean number of kept vision tokens from an engine trace (if it exposes one)."""
+    for name in ("average_kept", "avg_kept", "mean_kept"):
+        v = getattr(trace, name, None)
+        if v is None:
+            continue
+        try:
+            return float(v() if callable(v) else v)
+        except Exception:  # noqa: BLE001 - trace API is optional here
+            return None
+    return None
+
+
+def evaluate(model, processor, questions, method="none", schedule=None, batch_size=32,
+             max_new_tokens=3, return_predictions=False) -> dict:
+    """Exact-match accuracy (first answer word), overall and per question type.
+
+    ``questions``: ``scenes.Sample`` objects or dicts with image/question/answer/qtype.
+    ``method="none"`` runs the unpatched model; otherwise the model is patched with
+    ``v2drop.apply(model, schedule, method=method)`` for each batch.
+    """
+    correct, total, preds, kept = {}, {}, [], []
+    t0 = time.time()
+    model.eval()
+    for i in range(0, len(questions), batch_size):
+        chunk = [_fields(q) for q in questions[i: i + batch_size]]
+        imgs, qs = [c[0] for c in chunk], [c[1] for c in chunk]
+        if method in (None, "none"):
+            outs = answer(model, processor, imgs, qs, max_new_tokens)
+        else:
+            from v2drop import apply  # the engine; imported lazily
+
+            with apply(model, schedule, method=method) as run:
+                outs = answer(model, processor, imgs, qs, max_new_tokens)
+            k = _trace_kept(getattr(run, "trace", None))
+            if k is not None:
+                kept.append(k)
+        for (_, q, a, t), o in zip(chunk, outs):
+            ok = first_word(o) == a.lower()
+            correct[t] = correct.get(t, 0) + int(ok)
+            total[t] = total.get(t, 0) + 1
+            if return_predictions:
+                preds.append({"question": q, "answer": a, "qtype": t, "prediction": o, "correct": ok})
+    elapsed = time.time() - t0
+    res = {
+        "method": method or "none",
+        "n": sum(total.values()),
+        "accuracy": sum(correct.values()) / max(1, sum(total.values())),
+        "per_type": {t: correct[t] / total[t] for t in sorted(total)},
+        "per_type_n": {t: total[t] for t in sorted(total)},
+        "seconds": round(elapsed, 2),
+        "seconds_per_question": round(elapsed / max(1, sum(total.values())), 4),
+    }
+    if kept:
+        res["trace_avg_kept"] = sum(kept) / len(kept)
+    if return_predictions:
+        res["predictions"] = preds
+    return res
+
+
+def schedule_for_budget(num_layers, layers, target):
+    """``DropSchedule.for_budget`` with a fallback for budgets the layers cannot reach.
+
+    Variation-based methods cannot drop at layer 0, so on an 8-layer decoder dropping every
+    vision token at layer ``l`` still averages ``l/8`` of them: 1/9 is out of reach with
+    the default layers (2, 4, 6).  Then the first drop layer moves to 1, and if even that is
+    not enough the target is clamped to the smallest reachable share (+0.01).
+    Returns ``(schedule, note)``; ``note`` is ``None`` when the request was met as asked.
+    """
+    from v2drop import DropSchedule
+
+    layers = tuple(layers)
+    try:
+        return DropSchedule.for_budget(num_layers=num_layers, layers=layers, target=target), None
+    except ValueError:
+        pass
+    early = tuple(sorted({1, *layers}))
+    try:
+        return (DropSchedule.for_budget(num_layers=num_layers, layers=early, target=target),
+                f"layers {layers} cannot reach {target:.3f}; used layers {early}")
+    except ValueError:
+        floor = 1.0 / num_layers + 0.01
+        return (DropSchedule.for_budget(num_layers=num_layers, layers=early, target=floor),
+                f"target {target:.3f} is unreachable without dropping at layer 0; clamped to {floor:.3f}")
+
+
+def _schedule_desc(sched):
+    for name in ("to_string", "spec", "__str__"):
+        f = getattr(sched, name, None)
+        if f is not None:
+            try:
+                return str(f() if callable(f) else f)
+            except Exception:  # noqa: BLE001
+                pass
+    return repr(sched)
+
+
+def format_table(rows, qtypes=scenes.QTYPES) -> str:
+    head = ["method", "budget", "schedule", "avg kept", "overall"] + list(qtypes)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        b = r.get("budget")
+        k = r.get("avg_kept")
+        cells = [r["method"], "-" if b is None else f"{b:.3f}", r.get("schedule") or "-", "256" if k is None else f"{k:.1f}",
+                 f"{100 * r['accuracy']:.1f}"]
+        cells += [f"{100 * r['per_type'][t]:.1f}" if t in r["per_type"] else "-" for t in qtypes]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Evaluate the Shapes model (unpruned and with V²Drop).")
+    ap.add_argument("--model", default=None, help="model folder (default: assets/shapes-llava)")
+    ap.add_argument("--n", type=int, default=1200, help="number of benchmark questions")
+    ap.add_argument("--seed", type=int, default=scenes.BENCHMARK_SEED)
+    ap.add_argument("--methods", default="none,v2drop", help="comma list; 'none' = unpatched")
+    ap.add_argument("--budgets", default="0.5,0.3333,0.1111",
+                    help="target layer-averaged kept share of vision tokens")
+    ap.add_argument("--layers", default="2,4,6", help="drop layers for DropSchedule.for_budget")
+    ap.add_argument("--schedules", default=None, help="explicit schedules 'L:r,L:r;L:r' (instead of budgets)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("SHAPES_THREADS", "2")))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default=None, help="write results JSON here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from .model import NUM_VISION_TOKENS, load_default
+
+    model, processor = load_default(args.device, model_dir=args.model)
+    num_layers = model.config.text_config.num_hidden_layers
+    questions = scenes.benchmark(args.n, seed=args.seed)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    rows = []
+    for method in methods:
+        if method == "none":
+            r = evaluate(model, processor, questions, batch_size=args.batch_size)
+            r.update(budget=None, schedule=None, avg_kept=float(NUM_VISION_TOKENS))
+            rows.append(r)
+            print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+            continue
+        try:
+            from v2drop import DropSchedule
+        except ImportError as e:
+            print(f"skipping method {method!r}: engine not available ({e})", flush=True)
+            continue
+        if args.schedules:
+            specs = [(None, DropSchedule.parse(s), None) for s in args.schedules.split(";")]
+        else:
+            layers = tuple(int(x) for x in args.layers.split(","))
+            specs = [(float(b), *schedule_for_budget(num_layers, layers, float(b)))
+                     for b in args.budgets.split(",")]
+        for budget, sched, note in specs:
+            if note:
+                print(f"note: {note}", flush=True)
+            r = evaluate(model, processor, questions, method=method, schedule=sched, batch_size=args.batch_size)
+            r.update(budget=budget, schedule=_schedule_desc(sched), note=note,
+                     avg_kept=float(sched.average_kept(num_layers=num_layers, num_vision_tokens=NUM_VISION_TOKENS)))
+            rows.append(r)
+            print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+    print()
+    print(format_table(rows))
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump({"model": args.model or "assets/shapes-llava", "n": args.n, "seed": args.seed,
+                       "rows": rows}, f, indent=1)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
