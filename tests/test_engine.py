@@ -1,0 +1,230 @@
+"""The engine's must-hold properties, on tiny models of every supported family."""
+
+import json
+
+import pytest
+import torch
+
+import tiny_models as tm
+import v2drop
+from v2drop import DropSchedule
+
+FAMILIES = tm.FAMILIES
+ATTNS = ("sdpa", "eager")
+SCHEDULE = "2:0.5,4:0.25"           # 6-layer tiny models
+GEN = dict(max_new_tokens=6, do_sample=False)
+
+
+def batch(processor, seeds=(1, 2), questions=("what is in the image ?", "how many")):
+    return tm.inputs(processor, [tm.image(s) for s in seeds], list(questions))
+
+
+def kept_positions(sample: v2drop.SampleTrace, layer: int, seq_len: int, pad: int = 0) -> list[int]:
+    """Positions in the (padded) input that layer ``layer`` processes."""
+    vision = set(sample.vision_positions)
+    alive = {sample.vision_positions[i] for i in sample.alive_after(layer)}
+    return [p for p in range(pad, seq_len) if p not in vision or p in alive]
+
+
+@pytest.mark.parametrize("attn", ATTNS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_keep_all_is_exact(tiny, family, attn):
+    model, processor = tiny(family, attn)
+    inputs = batch(processor)
+    with torch.no_grad():
+        ref_logits = model(**inputs).logits
+    ref_ids = model.generate(**inputs, **GEN)
+    with v2drop.apply(model, DropSchedule.keep_all([1, 2, 4])) as run:
+        with torch.no_grad():
+            logits = model(**inputs).logits
+        ids = model.generate(**inputs, **GEN)
+    assert torch.equal(ids, ref_ids)
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=0)
+    assert run.trace.samples[0].alive_per_layer == [run.trace.samples[0].num_vision_tokens] * 6
+
+
+@pytest.mark.parametrize("attn", ATTNS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cache_equals_no_cache(tiny, family, attn):
+    model, processor = tiny(family, attn)
+    inputs = batch(processor)
+    with v2drop.apply(model, SCHEDULE) as run:
+        cached = model.generate(**inputs, use_cache=True, **GEN)
+        trace = run.trace
+        uncached = model.generate(**inputs, use_cache=False, **GEN)
+    assert torch.equal(cached, uncached)
+    n = trace.samples[0].num_vision_tokens
+    assert n > 0
+    assert trace.samples[0].alive_per_layer == DropSchedule.parse(SCHEDULE).alive_per_layer(6, n)
+    assert trace.kv_cache_bytes and trace.tokens_generated == GEN["max_new_tokens"]
+    # the pruned model really answers differently from the full one somewhere is not required,
+    # but the KV cache of the pruned run must be smaller than the full prompt would need
+    assert run.trace.prefill_calls == GEN["max_new_tokens"]  # no cache: every step re-runs the prompt
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_first_drop_keeps_top_variation(tiny, family):
+    model, processor = tiny(family, "sdpa")
+    inputs = batch(processor)
+    with torch.no_grad():
+        hs = model(**inputs, output_hidden_states=True).hidden_states  # hs[l] = input of layer l
+    with v2drop.apply(model, SCHEDULE) as run, torch.no_grad():
+        model(**inputs)
+    layer = 2
+    for b, sample in enumerate(run.trace.samples):
+        pos = torch.tensor(sample.vision_positions)
+        score = (hs[layer][b, pos] - hs[layer - 1][b, pos]).norm(dim=-1)
+        k = int(len(pos) * 0.5)
+        expected = sorted(score.topk(k).indices.tolist())
+        assert sample.kept[layer] == expected
+        torch.testing.assert_close(torch.tensor(sample.scores[layer]["score"]), score, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batch_matches_single_runs(tiny, family):
+    model, processor = tiny(family, "sdpa")
+    questions = ("what is in the image ?", "how many red shape are there ? yes no")  # different lengths -> padding
+    inputs = batch(processor, questions=questions)
+    assert (inputs["attention_mask"] == 0).any(), "the test needs a padded prompt"
+    with v2drop.apply(model, SCHEDULE) as run:
+        together = model.generate(**inputs, **GEN)
+        batch_trace = run.trace
+        for b in range(2):
+            alone_inputs = tm.inputs(processor, [tm.image((1, 2)[b])], [questions[b]])
+            alone = model.generate(**alone_inputs, **GEN)
+            prompt_len = alone_inputs["input_ids"].shape[1]
+            assert together[b, -GEN["max_new_tokens"]:].tolist() == alone[0, prompt_len:].tolist()
+            assert batch_trace.samples[b].kept == run.trace.samples[0].kept
+
+
+def test_different_vision_counts_raise(tiny):
+    model, processor = tiny("llava_next", "sdpa")
+    inputs = tm.inputs(processor, [tm.image(1, (64, 64)), tm.image(2, (32, 64))], ["what", "what"])
+    with v2drop.apply(model, SCHEDULE):
+        with pytest.raises(ValueError, match="different numbers of vision tokens"):
+            model.generate(**inputs, **GEN)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_kept_tokens_keep_original_positions(tiny, family):
+    model, processor = tiny(family, "sdpa")
+    inputs = batch(processor)
+    probe_layer = 5  # after both drops
+    seen = {}
+
+    def grab(module, args, kwargs):
+        seen["cos"] = kwargs["position_embeddings"][0].detach().clone()
+
+    layer = model.model.language_model.layers[probe_layer]
+    handle = layer.register_forward_pre_hook(grab, with_kwargs=True)
+    with torch.no_grad():
+        before = model(**inputs).logits
+    handle.remove()
+    full_cos = seen["cos"]
+    with v2drop.apply(model, SCHEDULE) as run, torch.no_grad():
+        handle = layer.register_forward_pre_hook(grab, with_kwargs=True)  # runs after the engine's hook
+        model(**inputs)
+        handle.remove()
+    pruned_cos = seen["cos"]
+    seq_len = inputs["input_ids"].shape[1]
+    for b, sample in enumerate(run.trace.samples):
+        pad = int((inputs["attention_mask"][b] == 0).sum())
+        positions = kept_positions(sample, probe_layer, seq_len)
+        assert pruned_cos.shape[-2] == len(positions)
+        expected = full_cos.expand(2, -1, -1)[b, positions]
+        assert torch.equal(pruned_cos.expand(2, -1, -1)[b], expected), f"sample {b} (pad {pad})"
+    with torch.no_grad():
+        after = model(**inputs).logits
+    assert torch.equal(before, after), "the model must be bit-identical after apply() exits"
+
+
+def test_qwen_uses_3d_mrope_positions(tiny):
+    """Qwen2-VL's vision tokens share temporal ids and differ in height/width ids: the dropped
+    model must see exactly the 3-D rotary phases of the tokens it kept."""
+    model, processor = tiny("qwen2_vl", "sdpa")
+    inputs = batch(processor)
+    assert "mm_token_type_ids" in inputs
+    position_ids, _ = model.model.get_rope_index(
+        inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
+        image_grid_thw=inputs["image_grid_thw"], attention_mask=inputs["attention_mask"])
+    sample_pos = position_ids[:, 0]
+    vision = torch.tensor(v2drop.get_adapter(model).vision_token_ids())
+    vis_idx = torch.isin(inputs["input_ids"][0], vision).nonzero().flatten()
+    assert len(set(sample_pos[1, vis_idx].tolist())) > 1, "height ids must vary over the image"
+
+
+def test_text_only_prompt_drops_nothing(tiny):
+    model, processor = tiny("llava", "sdpa")
+    tokens = processor.tokenizer(["what is in the picture ?"], return_tensors="pt")
+    ref = model.generate(**tokens, **GEN)
+    with v2drop.apply(model, SCHEDULE) as run:
+        out = model.generate(**tokens, **GEN)
+    assert torch.equal(ref, out)
+    assert run.trace.samples[0].num_vision_tokens == 0 and run.trace.samples[0].kept == {}
+
+
+def test_trace_is_json_and_complete(tiny):
+    model, processor = tiny("llava", "sdpa")
+    inputs = batch(processor)
+    with v2drop.apply(model, SCHEDULE, trace_all_layers=True) as run:
+        model.generate(**inputs, **GEN)
+    data = json.loads(run.trace.to_json())
+    again = v2drop.Trace.from_dict(data)
+    sample = again.samples[0]
+    assert sorted(sample.kept) == [2, 4]
+    assert len(sample.kept[4]) == int(int(sample.num_vision_tokens * 0.5) * 0.25)
+    assert set(sample.kept[4]) <= set(sample.kept[2])
+    assert sorted(sample.scores) == [1, 2, 3, 4, 5]   # every layer with a previous layer
+    assert len(sample.scores[3]["index"]) == len(sample.kept[2])
+    assert sample.layout is not None and len(sample.layout.cells) == sample.num_vision_tokens
+    assert data["prefill_seconds"] > 0 and data["decode_seconds"] > 0 and data["peak_memory_bytes"] > 0
+    assert data["memory_kind"] == "process_rss"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("0:0.5", "layer 0"),
+    ("3:0.5,3:0.2", "twice"),
+    ("4:0.5,2:0.2", "increasing"),
+    ("2:1.5", "outside \\[0, 1\\]"),
+    ("2:-0.1", "outside \\[0, 1\\]"),
+    ("two:0.5", "not an integer"),
+    ("2:half", "not a number"),
+    ("2-0.5", "expected 'layer:keep_ratio'"),
+    ("9:0.5", "outside the model"),
+])
+def test_bad_schedules_raise(tiny, text, message):
+    model, _ = tiny("llava", "sdpa")
+    with pytest.raises(ValueError, match=message):
+        with v2drop.apply(model, text):
+            pass
+
+
+def test_unsupported_model_lists_supported(tmp_path):
+    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    config = Qwen2Config(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1)
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path)
+    with pytest.raises(v2drop.UnsupportedModelError, match="llava_onevision.*qwen2_vl"):
+        with v2drop.apply(model, "2:0.5"):
+            pass
+
+
+def test_untested_transformers_version_refused(monkeypatch):
+    from v2drop import compat
+    monkeypatch.delenv(compat.ALLOW_UNTESTED_ENV, raising=False)
+    with pytest.raises(RuntimeError, match="tested with transformers"):
+        compat.check_transformers_version("5.30.0")
+    compat.check_transformers_version("5.24.0")
+    monkeypatch.setenv(compat.ALLOW_UNTESTED_ENV, "1")
+    compat.check_transformers_version("5.30.0")
+
+
+def test_hooks_removed_on_error(tiny):
+    model, processor = tiny("llava", "sdpa")
+    layer = model.model.language_model.layers[0]
+    with pytest.raises(KeyError):
+        with v2drop.apply(model, SCHEDULE):
+            assert layer._forward_pre_hooks
+            raise KeyError("boom")
+    assert not layer._forward_pre_hooks and not model._forward_pre_hooks

@@ -1,0 +1,235 @@
+"""Model-family adapters: where the decoder layers are, which token ids are vision tokens, and
+how each vision token maps back onto the image (for overlays).
+
+Everything family-specific lives here, so the engine itself has no ``if model_type == ...``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .trace import PatchLayout
+
+__all__ = ["ModelAdapter", "get_adapter", "supported_architectures", "UnsupportedModelError"]
+
+
+class UnsupportedModelError(ValueError):
+    """The model's architecture has no adapter."""
+
+
+@dataclass
+class ModelAdapter:
+    """Base adapter: a LLaVA-style model ``<top>.model.language_model.layers``."""
+
+    model: nn.Module
+    model_types: Sequence[str] = ()
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    @property
+    def text_config(self) -> Any:
+        return getattr(self.config, "text_config", self.config)
+
+    def language_model(self) -> nn.Module:
+        inner = getattr(self.model, "model", self.model)
+        lm = getattr(inner, "language_model", None)
+        if lm is None or not hasattr(lm, "layers"):
+            raise UnsupportedModelError(f"cannot find the language model's decoder layers in {type(self.model).__name__}")
+        return lm
+
+    def decoder_layers(self) -> nn.ModuleList:
+        return self.language_model().layers
+
+    def vision_token_ids(self) -> list[int]:
+        """Token ids that stand for vision features in ``input_ids``."""
+        ids = []
+        for name in ("image_token_id", "video_token_id"):
+            value = getattr(self.config, name, None)
+            if isinstance(value, int) and value >= 0:
+                ids.append(value)
+        if not ids:
+            raise UnsupportedModelError(f"{type(self.model).__name__}'s config names no image/video token id")
+        return ids
+
+    # ------------------------------------------------------------------ layout
+    def layout(self, input_ids: torch.Tensor, sample: int, model_inputs: dict[str, Any]) -> PatchLayout | None:
+        """Map each vision token of ``input_ids[sample]`` to (frame, row, col); None if unknown."""
+        side = self._base_side()
+        runs = _vision_runs(input_ids[sample], self.vision_token_ids())
+        cells, grids, kinds = [], [], []
+        for _, length in runs:
+            if length % (side * side):
+                return None
+            for _ in range(length // (side * side)):
+                frame = len(grids)
+                grids.append((side, side))
+                kinds.append("image")
+                cells += [(frame, r, c) for r in range(side) for c in range(side)]
+        return PatchLayout(cells, grids, kinds)
+
+    def _base_side(self) -> int:
+        vision = self.config.vision_config
+        return int(vision.image_size) // int(vision.patch_size)
+
+
+class LlavaAdapter(ModelAdapter):
+    """LLaVA-1.5 (and the embedded shapes model): one square grid of patches per image."""
+
+
+class LlavaNextAdapter(ModelAdapter):
+    """LLaVA-NeXT / LLaVA-OneVision: a base-image grid, then the high-resolution crops stitched
+    into one un-padded grid with a newline token closing each row (anyres); OneVision videos are
+    pooled per frame to a ceil(side/2)² grid, with one newline token after the last frame."""
+
+    def layout(self, input_ids: torch.Tensor, sample: int, model_inputs: dict[str, Any]) -> PatchLayout | None:
+        side = self._base_side()
+        video_id = getattr(self.config, "video_token_id", None)
+        runs = _vision_runs(input_ids[sample], self.vision_token_ids(), with_ids=True)
+        sizes = model_inputs.get("image_sizes")
+        image_counter = _images_before(input_ids, sample, self.config.image_token_id)
+        cells: list[tuple[int, int, int]] = []
+        grids: list[tuple[int, int]] = []
+        kinds: list[str] = []
+        for token_id, length in runs:
+            if token_id == video_id:
+                pooled = math.ceil(side / 2)
+                frames, rest = divmod(length - 1, pooled * pooled)
+                if rest:
+                    return None
+                for _ in range(frames):
+                    f = len(grids)
+                    grids.append((pooled, pooled)); kinds.append("video")
+                    cells += [(f, r, c) for r in range(pooled) for c in range(pooled)]
+                cells.append((len(grids) - 1, -1, -1))  # trailing newline token
+                continue
+            f = len(grids)
+            grids.append((side, side)); kinds.append("base")
+            cells += [(f, r, c) for r in range(side) for c in range(side)]
+            rest = length - side * side
+            if rest == 1:  # single crop: base grid + one newline
+                cells.append((f, -1, -1))
+            elif rest > 0:
+                size = sizes[image_counter] if sizes is not None and image_counter < len(sizes) else None
+                shape = _newline_grid(rest, size)
+                if shape is None:
+                    return None
+                rows, cols = shape
+                f = len(grids)
+                grids.append((rows, cols)); kinds.append("crop")
+                for r in range(rows):
+                    cells += [(f, r, c) for c in range(cols)] + [(f, -1, -1)]
+            image_counter += 1
+        return PatchLayout(cells, grids, kinds)
+
+
+class Qwen2VLAdapter(ModelAdapter):
+    """Qwen2-VL / Qwen2.5-VL: dynamic resolution; each image (or video) has a ``(t, h, w)`` patch
+    grid and every ``merge × merge`` block of patches becomes one token."""
+
+    def layout(self, input_ids: torch.Tensor, sample: int, model_inputs: dict[str, Any]) -> PatchLayout | None:
+        merge = int(getattr(self.config.vision_config, "spatial_merge_size", 2))
+        image_id, video_id = self.config.image_token_id, self.config.video_token_id
+        grids_by_kind = {
+            image_id: _as_rows(model_inputs.get("image_grid_thw")),
+            video_id: _as_rows(model_inputs.get("video_grid_thw")),
+        }
+        counters = {image_id: _images_before(input_ids, sample, image_id),
+                    video_id: _images_before(input_ids, sample, video_id)}
+        cells, grids, kinds = [], [], []
+        for token_id, length in _vision_runs(input_ids[sample], [image_id, video_id], with_ids=True):
+            rows_list = grids_by_kind[token_id]
+            if counters[token_id] >= len(rows_list):
+                return None
+            t, h, w = rows_list[counters[token_id]]
+            counters[token_id] += 1
+            gh, gw = h // merge, w // merge
+            if t * gh * gw != length:
+                return None
+            for _ in range(t):
+                f = len(grids)
+                grids.append((gh, gw)); kinds.append("video" if token_id == video_id else "image")
+                cells += [(f, r, c) for r in range(gh) for c in range(gw)]
+        return PatchLayout(cells, grids, kinds)
+
+
+_ADAPTERS: dict[str, type[ModelAdapter]] = {
+    "llava": LlavaAdapter,
+    "llava_next": LlavaNextAdapter,
+    "llava_onevision": LlavaNextAdapter,
+    "qwen2_vl": Qwen2VLAdapter,
+    "qwen2_5_vl": Qwen2VLAdapter,
+}
+
+
+def supported_architectures() -> list[str]:
+    return list(_ADAPTERS)
+
+
+def get_adapter(model: nn.Module) -> ModelAdapter:
+    """The adapter for a loaded model, or :class:`UnsupportedModelError` listing what is supported."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in _ADAPTERS:
+        raise UnsupportedModelError(
+            f"model type {model_type!r} ({type(model).__name__}) is not supported; supported model types: "
+            f"{', '.join(_ADAPTERS)}"
+        )
+    adapter = _ADAPTERS[model_type](model)
+    adapter.decoder_layers()  # fail now, not mid-generation, if the structure is unexpected
+    return adapter
+
+
+# ---------------------------------------------------------------------- helpers
+def _vision_runs(ids: torch.Tensor, vision_ids: Sequence[int], with_ids: bool = False) -> list:
+    """Contiguous runs of vision tokens in a 1-D id tensor: ``[(token_id, length), ...]``."""
+    runs: list[list[int]] = []
+    previous = None
+    for token in ids.tolist():
+        if token in vision_ids:
+            if token == previous:
+                runs[-1][1] += 1
+            else:
+                runs.append([token, 1])
+        previous = token if token in vision_ids else None
+    return [tuple(r) for r in runs]
+
+
+def _images_before(input_ids: torch.Tensor, sample: int, token_id: int | None) -> int:
+    """How many images (runs of ``token_id``) earlier samples of the batch hold: grids and sizes
+    come flattened over the batch."""
+    if token_id is None:
+        return 0
+    return sum(1 for s in range(sample) for t, _ in _vision_runs(input_ids[s], [token_id], True) if t == token_id)
+
+
+def _as_rows(grid: Any) -> list[tuple[int, int, int]]:
+    if grid is None:
+        return []
+    return [tuple(int(v) for v in row) for row in torch.as_tensor(grid).tolist()]
+
+
+def _newline_grid(count: int, image_size: Any) -> tuple[int, int] | None:
+    """Rows/cols of an un-padded crop grid with one newline per row: ``rows * (cols + 1) = count``.
+    Among the factorisations, take the one whose aspect ratio best matches the image."""
+    aspect = None
+    if image_size is not None:
+        h, w = (float(v) for v in torch.as_tensor(image_size).tolist()[:2])
+        aspect = w / h if h > 0 else None
+    best, best_err = None, float("inf")
+    for rows in range(1, count + 1):
+        if count % rows:
+            continue
+        cols = count // rows - 1
+        if cols < 1:
+            continue
+        err = abs(math.log((cols / rows) / aspect)) if aspect else abs(cols - rows)
+        if err < best_err:
+            best, best_err = (rows, cols), err
+    return best

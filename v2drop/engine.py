@@ -1,0 +1,445 @@
+"""The engine: drop vision tokens inside a stock transformers model, with hooks only.
+
+``apply(model, schedule)`` installs forward pre-hooks; leaving the ``with`` block removes them,
+so the model is exactly what it was. Nothing in transformers is replaced or copied.
+
+How it works. The decoder loop of a transformers 5.x language model calls every layer with
+the same full-length ``attention_mask`` and rotary ``position_embeddings``, built once per
+forward. A pre-hook on each layer:
+
+1. at a drop layer (prefill only), scores the alive vision tokens, keeps the top ``k`` in their
+   original order and shortens the hidden states: later layers receive the shorter sequence;
+2. slices the layer's mask and rotary embeddings down to the tokens it actually sees, so kept
+   tokens keep their ORIGINAL positions (M-RoPE included) and padding stays masked;
+3. remembers which original positions the layer's KV cache holds, so that during decoding the
+   mask (sized for layer 0's full cache) is sliced to each layer's shorter cache.
+
+New tokens are numbered from layer 0's cache length, which never shrinks, so their positions
+continue from the unpruned prompt length, as in the paper's code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from . import compat
+from .adapters import ModelAdapter, get_adapter
+from .schedule import DropSchedule
+from .scoring import ScoreContext, ScoringRule, get_method, variation
+from .trace import SampleTrace, Trace
+
+__all__ = ["apply", "DropSession"]
+
+
+@contextlib.contextmanager
+def apply(
+    model: nn.Module,
+    schedule: DropSchedule | str,
+    method: str = "v2drop",
+    *,
+    trace_all_layers: bool = False,
+    seed: int = 0,
+) -> Iterator["DropSession"]:
+    """Patch ``model`` in place so that it drops vision tokens by ``schedule``; restore on exit.
+
+    ``schedule`` is a :class:`DropSchedule` or its text form (``"3:0.5,17:0.3,22:0"``).
+    ``method`` names a scoring rule (``v2drop.available_methods()``). With
+    ``trace_all_layers=True`` the trace also holds the L2 variation of every alive vision
+    token at every layer (for heatmaps), at the cost of one norm per layer.
+
+    Yields the :class:`DropSession`; ``session.trace`` describes the latest sequence run.
+    """
+    session = DropSession(model, schedule, method, trace_all_layers=trace_all_layers, seed=seed)
+    session.install()
+    try:
+        yield session
+    finally:
+        session.remove()
+
+
+@dataclass
+class _Sequence:
+    """State that lives as long as one generated sequence (one KV cache)."""
+
+    batch_size: int
+    prompt_ids: torch.Tensor | None                 # (B, L) input ids of the first forward
+    kv_index: list[torch.Tensor | None]             # per layer: original positions in its cache, None = all
+
+
+@dataclass
+class _Forward:
+    """State that lives for one forward pass through the decoder layers."""
+
+    past: int                                       # tokens already in layer 0's cache
+    positions: torch.Tensor                         # (B, L_cur) original positions of the tokens alive now
+    ordinal: torch.Tensor                           # (B, L_cur) index in the sample's vision sequence, -1 = text
+    may_drop: bool                                  # multi-token input that holds vision tokens
+    version: int = 0                                # bumps each time the token set shrinks
+    previous_hidden: torch.Tensor | None = None     # input of the previous layer, when a score needs it
+    memo: dict = field(default_factory=dict)        # sliced kwargs shared by layers with the same token set
+
+
+class DropSession:
+    """Hooks, state and trace of one ``apply`` call. Use :func:`apply` rather than this class."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        schedule: DropSchedule | str,
+        method: str = "v2drop",
+        trace_all_layers: bool = False,
+        seed: int = 0,
+    ) -> None:
+        compat.check_transformers_version()
+        self.model = model
+        self.adapter: ModelAdapter = get_adapter(model)
+        self.rule: ScoringRule = get_method(method)
+        self.schedule = DropSchedule.parse(schedule) if isinstance(schedule, str) else schedule
+        self.layers = self.adapter.decoder_layers()
+        self.num_layers = len(self.layers)
+        self.schedule.validate(self.num_layers, allow_layer_zero=self.rule.allows_layer_zero)
+        if compat.uses_sliding_window(self.adapter.text_config):
+            raise compat_error("sliding-window attention layers are not supported")
+        self.ratios = dict(self.schedule.stages)
+        self.trace_all_layers = trace_all_layers
+        self.seed = seed
+        self.vision_ids = torch.tensor(self.adapter.vision_token_ids())
+        self.trace = Trace(method=method, schedule=str(self.schedule), num_layers=self.num_layers)
+        self._handles: list[Any] = []
+        self._sequence: _Sequence | None = None
+        self._forward: _Forward | None = None
+        self._pending: dict[str, Any] = {}
+        self._timer = 0.0
+        self._is_cuda = False
+
+    # ------------------------------------------------------------------ install / remove
+    def install(self) -> None:
+        self._handles.append(self.model.register_forward_pre_hook(self._before_model, with_kwargs=True))
+        self._handles.append(self.model.register_forward_hook(self._after_model, with_kwargs=True))
+        for idx, layer in enumerate(self.layers):
+            hook = _LayerHook(self, idx)
+            self._handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._sequence = self._forward = None
+        self._pending = {}
+
+    def reset_trace(self) -> None:
+        self.trace = Trace(method=self.trace.method, schedule=self.trace.schedule, num_layers=self.num_layers)
+
+    # ------------------------------------------------------------------ model-level hooks
+    def _before_model(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        cache = compat.cache_from_kwargs(kwargs)
+        past = compat.past_length(cache)
+        device = _first_param_device(module)
+        self._is_cuda = device.type == "cuda"
+        if past == 0 and not self._continues_without_cache(input_ids):
+            self._start_sequence(input_ids, kwargs)
+        self._pending = {"input_ids": input_ids, "past": past, "cache": cache}
+        _synchronize(self._is_cuda)
+        self._timer = time.perf_counter()
+
+    def _after_model(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        _synchronize(self._is_cuda)
+        elapsed = time.perf_counter() - self._timer
+        trace = self.trace
+        input_ids = self._pending.get("input_ids")
+        q = input_ids.shape[1] if input_ids is not None else 0
+        if trace.prefill_calls == 0:
+            trace.prefill_seconds += elapsed
+            trace.prompt_tokens = q
+        else:
+            trace.decode_seconds += elapsed
+        trace.prefill_calls += int(self._pending.get("past", 0) == 0)
+        trace.tokens_generated += 1
+        trace.kv_cache_bytes = compat.kv_cache_bytes(self._pending.get("cache"))
+        self._sample_memory()
+        self._forward = None
+
+    def _continues_without_cache(self, input_ids: torch.Tensor | None) -> bool:
+        """``generate(use_cache=False)`` re-runs the whole, one-token-longer sequence each step."""
+        seq = self._sequence
+        if seq is None or seq.prompt_ids is None or input_ids is None:
+            return False
+        prompt = seq.prompt_ids
+        return (input_ids.shape[0] == prompt.shape[0] and input_ids.shape[1] > prompt.shape[1]
+                and torch.equal(input_ids[:, : prompt.shape[1]], prompt.to(input_ids.device)))
+
+    def _start_sequence(self, input_ids: torch.Tensor | None, kwargs: dict) -> None:
+        batch = input_ids.shape[0] if input_ids is not None else 1
+        self._sequence = _Sequence(
+            batch_size=batch,
+            prompt_ids=input_ids.detach().clone() if input_ids is not None else None,
+            kv_index=[None] * self.num_layers,
+        )
+        self.reset_trace()
+        if self._is_cuda:
+            torch.cuda.reset_peak_memory_stats()
+        if input_ids is None:
+            return
+        vision = torch.isin(input_ids, self.vision_ids.to(input_ids.device))
+        layout_inputs = {k: kwargs.get(k) for k in ("image_grid_thw", "video_grid_thw", "image_sizes")}
+        for b in range(batch):
+            positions = vision[b].nonzero().flatten().tolist()
+            self.trace.samples.append(SampleTrace(
+                num_vision_tokens=len(positions),
+                vision_positions=positions,
+                alive_per_layer=[len(positions)] * self.num_layers,
+                layout=self.adapter.layout(input_ids, b, layout_inputs),
+            ))
+
+    def _sample_memory(self) -> None:
+        if self._is_cuda:
+            peak, kind = torch.cuda.max_memory_allocated(), "cuda_max_allocated"
+        else:
+            peak, kind = _process_rss(), "process_rss"
+        if peak is not None:
+            self.trace.peak_memory_bytes = max(self.trace.peak_memory_bytes or 0, peak)
+            self.trace.memory_kind = kind
+
+    # ------------------------------------------------------------------ layer-level hook
+    def before_layer(self, idx: int, hidden: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, dict]:
+        """Drop tokens (at drop layers), then fit the layer's kwargs to the tokens it sees."""
+        if idx == 0:
+            compat.check_layer_kwargs(kwargs)
+            self._begin_forward(hidden, kwargs)
+        fwd, seq = self._forward, self._sequence
+        if fwd is None or seq is None:  # the layers were called outside the model's forward
+            return hidden, kwargs
+        if not self._is_cuda:
+            self._sample_memory()
+
+        layer_kwargs = kwargs
+        if fwd.version or seq.kv_index[idx] is not None:
+            layer_kwargs = self._fit_kwargs(idx, kwargs, fwd, seq)
+
+        if fwd.may_drop and idx in self.ratios:
+            hidden = self._drop(idx, hidden, kwargs, layer_kwargs, fwd)
+            layer_kwargs = self._fit_kwargs(idx, kwargs, fwd, seq)
+        elif fwd.may_drop and self.trace_all_layers and fwd.previous_hidden is not None:
+            self._record_variation(idx, hidden, fwd)
+
+        self._remember_cache(idx, layer_kwargs, fwd, seq)
+        if fwd.may_drop:
+            self._record_alive(idx, fwd)
+            next_scores = (idx + 1) in self.ratios and self.rule.needs_previous_hidden
+            fwd.previous_hidden = hidden if (next_scores or self.trace_all_layers) else None
+        return hidden, layer_kwargs
+
+    def _begin_forward(self, hidden: torch.Tensor, kwargs: dict) -> None:
+        batch, q = hidden.shape[:2]
+        pending, seq = self._pending, self._sequence
+        if seq is None:  # the language model was called directly: no input ids, nothing to drop
+            self._start_sequence(None, kwargs)
+            seq = self._sequence
+        past = int(pending.get("past", compat.past_length(compat.cache_from_kwargs(kwargs))))
+        device = hidden.device
+        positions = (torch.arange(q, device=device) + past).unsqueeze(0).expand(batch, -1)
+        ordinal = torch.full((batch, q), -1, dtype=torch.long, device=device)
+        input_ids = pending.get("input_ids")
+        if input_ids is not None and input_ids.shape[:2] == (batch, q) and past == 0:
+            vision = torch.isin(input_ids, self.vision_ids.to(input_ids.device)).to(device)
+            ordinal = torch.where(vision, vision.long().cumsum(1) - 1, ordinal)
+        self._forward = _Forward(
+            past=past, positions=positions, ordinal=ordinal,
+            may_drop=q > 1 and bool((ordinal >= 0).any()) and bool(self.ratios),
+        )
+
+    # ------------------------------------------------------------------ dropping
+    def _drop(self, idx: int, hidden: torch.Tensor, kwargs: dict, layer_kwargs: dict, fwd: _Forward) -> torch.Tensor:
+        is_vision = fwd.ordinal >= 0                                   # (B, L)
+        counts = is_vision.sum(1)
+        if not bool((counts == counts[0]).all()):
+            raise ValueError(
+                "the samples of this batch carry different numbers of vision tokens "
+                f"({counts.tolist()}); v2drop keeps the same count per sample so that the batch stays "
+                "rectangular. Run such samples separately or resize their images to the same size."
+            )
+        n = int(counts[0])
+        if n == 0:
+            return hidden
+        keep = math.floor(n * self.ratios[idx] + 1e-9)
+        batch = hidden.shape[0]
+        vision_index = is_vision.nonzero()[:, 1].view(batch, n)        # (B, n) positions in `hidden`
+        vision_ordinal = fwd.ordinal.gather(1, vision_index)           # (B, n)
+
+        start = time.perf_counter()
+        generator = torch.Generator(device="cpu").manual_seed(self.seed + idx)
+        ctx = ScoreContext(
+            layer_idx=idx, hidden=hidden, previous_hidden=fwd.previous_hidden,
+            vision_index=vision_index, vision_ordinal=vision_ordinal, keep_count=keep,
+            layer=self.layers[idx], previous_layer=self.layers[idx - 1] if idx > 0 else None,
+            position_embeddings=layer_kwargs.get("position_embeddings"),
+            attention_mask=layer_kwargs.get("attention_mask"), generator=generator,
+        )
+        if self.rule.needs_previous_hidden and ctx.previous_hidden is None:
+            raise RuntimeError(f"method {self.rule.name!r} needs the input of layer {idx - 1}, which was not seen")
+        scores = self.rule.score(ctx)
+        if scores.shape != (batch, n):
+            raise RuntimeError(f"method {self.rule.name!r} returned scores of shape {tuple(scores.shape)}, "
+                               f"expected {(batch, n)}")
+        chosen = scores.float().topk(keep, dim=1).indices.sort(dim=1).values   # (B, k) into the n
+        keep_mask = ~is_vision
+        keep_mask.scatter_(1, vision_index.gather(1, chosen), True)
+        kept_index = keep_mask.nonzero()[:, 1].view(batch, -1)         # (B, L_new), ascending
+        self.trace.scoring_seconds += time.perf_counter() - start
+
+        hidden = _take(hidden, kept_index, dim=1)
+        if fwd.previous_hidden is not None:
+            fwd.previous_hidden = _take(fwd.previous_hidden, kept_index, dim=1)
+        fwd.positions = fwd.positions.gather(1, kept_index)
+        fwd.ordinal = fwd.ordinal.gather(1, kept_index)
+        fwd.version += 1
+        fwd.memo.clear()
+
+        kept_ordinals = vision_ordinal.gather(1, chosen)
+        for b, sample in enumerate(self.trace.samples[:batch]):
+            sample.kept[idx] = kept_ordinals[b].tolist()
+            sample.scores[idx] = {"index": vision_ordinal[b].tolist(), "score": scores[b].float().tolist()}
+        return hidden
+
+    def _record_variation(self, idx: int, hidden: torch.Tensor, fwd: _Forward) -> None:
+        """Trace-only: L2 variation of every alive vision token at a layer that does not drop."""
+        is_vision = fwd.ordinal >= 0
+        batch = hidden.shape[0]
+        n = int(is_vision[0].sum())
+        if n == 0 or not bool((is_vision.sum(1) == n).all()):
+            return
+        index = is_vision.nonzero()[:, 1].view(batch, n)
+        rows = index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+        score = variation(hidden.gather(1, rows), fwd.previous_hidden.gather(1, rows))
+        ordinal = fwd.ordinal.gather(1, index)
+        for b, sample in enumerate(self.trace.samples[:batch]):
+            sample.scores[idx] = {"index": ordinal[b].tolist(), "score": score[b].tolist()}
+
+    def _record_alive(self, idx: int, fwd: _Forward) -> None:
+        alive = (fwd.ordinal >= 0).sum(1).tolist()
+        for b, sample in enumerate(self.trace.samples[: len(alive)]):
+            sample.alive_per_layer[idx] = int(alive[b])
+
+    # ------------------------------------------------------------------ fitting kwargs
+    def _fit_kwargs(self, idx: int, kwargs: dict, fwd: _Forward, seq: _Sequence) -> dict:
+        """Slice the full-length mask / rotary embeddings / position ids to this layer's tokens."""
+        key = (fwd.version, id(seq.kv_index[idx]))  # layers whose caches hold the same tokens share slices
+        if key in fwd.memo:
+            return {**kwargs, **fwd.memo[key]}
+        query = fwd.positions - fwd.past                                  # (B, L_cur) into the full query
+        past_keys = seq.kv_index[idx]
+        if past_keys is None:
+            past_keys = torch.arange(fwd.past, device=query.device).unsqueeze(0).expand(query.shape[0], -1)
+        keys = torch.cat([past_keys.to(query.device), fwd.positions], dim=1)  # (B, K_layer)
+        fitted: dict[str, Any] = {}
+        if fwd.version:
+            cos, sin = kwargs["position_embeddings"]
+            fitted["position_embeddings"] = (_take(cos, query, dim=-2), _take(sin, query, dim=-2))
+            position_ids = kwargs.get("position_ids")
+            if isinstance(position_ids, torch.Tensor):
+                fitted["position_ids"] = _take(position_ids, query, dim=-1)
+        fitted["attention_mask"] = _fit_mask(kwargs.get("attention_mask"), query, keys)
+        fwd.memo[key] = fitted
+        return {**kwargs, **fitted}
+
+    def _remember_cache(self, idx: int, layer_kwargs: dict, fwd: _Forward, seq: _Sequence) -> None:
+        """Record which original positions layer ``idx``'s cache will hold after this forward."""
+        cache = compat.cache_from_kwargs(layer_kwargs)
+        if cache is None or not layer_kwargs.get("use_cache", True):
+            return
+        before = seq.kv_index[idx]
+        held = compat.cached_length(cache, idx)
+        expected = fwd.past if before is None else before.shape[1]
+        if held != expected:
+            raise RuntimeError(
+                f"layer {idx}'s KV cache holds {held} tokens but v2drop expected {expected}; a cache that "
+                "was filled outside this apply() block, cropped, or reordered cannot be continued"
+            )
+        if before is None and fwd.version == 0:
+            return  # nothing dropped so far: the cache stays the plain full sequence
+        if before is None:
+            before = torch.arange(fwd.past, device=fwd.positions.device).unsqueeze(0).expand(fwd.positions.shape[0], -1)
+        seq.kv_index[idx] = torch.cat([before.to(fwd.positions.device), fwd.positions], dim=1)
+
+
+class _LayerHook:
+    """A forward pre-hook bound to one decoder layer index."""
+
+    def __init__(self, session: DropSession, idx: int) -> None:
+        self.session, self.idx = session, idx
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if args:
+            hidden, rest = args[0], args[1:]
+        else:
+            hidden, rest = kwargs.pop("hidden_states"), ()
+        hidden, kwargs = self.session.before_layer(self.idx, hidden, kwargs)
+        return (hidden, *rest), kwargs
+
+
+# ---------------------------------------------------------------------- tensor helpers
+def _take(tensor: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
+    """Per-sample gather along ``dim``: ``tensor`` is ``(B or 1, ..., S, ...)`` with the batch
+    in dim 0 (or dim 1 for ``(3, B, S)`` M-RoPE ids), ``index`` is ``(B, S')``."""
+    dim = dim % tensor.dim()
+    batch = index.shape[0]
+    batch_dim = 1 if (tensor.dim() == 3 and dim == 2 and tensor.shape[0] == 3 and index.shape[0] != 3
+                      and tensor.shape[1] in (1, batch)) else 0
+    if batch_dim == 1:  # (3, B, S) position ids
+        return torch.stack([_take(t, index, dim=1) for t in tensor])
+    if tensor.shape[0] == 1 and batch > 1:
+        tensor = tensor.expand(batch, *tensor.shape[1:])
+    shape = [batch] + [1] * (tensor.dim() - 1)
+    shape[dim] = index.shape[1]
+    expanded = index.view(shape).expand(*[s if i != dim else index.shape[1] for i, s in enumerate(tensor.shape)])
+    return tensor.gather(dim, expanded.to(tensor.device))
+
+
+def _fit_mask(mask: Any, query: torch.Tensor, keys: torch.Tensor) -> Any:
+    """Slice a mask built for the full sequence: 4-D ``(B, H, Q, K)`` on both query and key,
+    2-D ``(B, K)`` (FlashAttention padding mask) on the key; ``None`` stays ``None``."""
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor):
+        raise RuntimeError(f"v2drop cannot slice an attention mask of type {type(mask).__name__} "
+                           "(flex attention is not supported); use sdpa, eager or flash_attention_2")
+    if mask.dim() == 4:
+        rows = _take(mask, query, dim=2)
+        return _take(rows, keys, dim=3)
+    if mask.dim() == 2:
+        return _take(mask, keys, dim=1)
+    raise RuntimeError(f"unexpected attention mask of shape {tuple(mask.shape)}")
+
+
+def compat_error(message: str) -> RuntimeError:
+    return RuntimeError(f"v2drop cannot patch this model: {message}")
+
+
+def _synchronize(is_cuda: bool) -> None:
+    if is_cuda:
+        torch.cuda.synchronize()
+
+
+def _first_param_device(module: nn.Module) -> torch.device:
+    try:
+        return next(module.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def _process_rss() -> int | None:
+    """Resident set size of this process in bytes (Linux), or None where unreadable."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
