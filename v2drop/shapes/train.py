@@ -123,7 +123,7 @@ def lr_at(step, total, base, warmup, final_frac=0.05):
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Train the embedded Shapes LLaVA model.")
     ap.add_argument("--out", default=None, help="output folder (default: assets/shapes-llava)")
-    ap.add_argument("--steps", type=int, default=1600)
+    ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-turns", type=int, default=6, help="question/answer turns per scene (1..N)")
     ap.add_argument("--lr", type=float, default=1.5e-3)
