@@ -228,3 +228,15 @@ def test_hooks_removed_on_error(tiny):
             assert layer._forward_pre_hooks
             raise KeyError("boom")
     assert not layer._forward_pre_hooks and not model._forward_pre_hooks
+
+
+def test_paused_session_continues_its_own_sequence(tiny):
+    """Interleaving unpruned steps (paused hooks) with pruned steps gives both runs' own outputs."""
+    model, processor = tiny("llava", "sdpa")
+    inputs = batch(processor)
+    full = model.generate(**inputs, **GEN)
+    with v2drop.apply(model, SCHEDULE) as run:
+        pruned = model.generate(**inputs, **GEN)
+        with run.paused():
+            assert torch.equal(model.generate(**inputs, **GEN), full)
+        assert torch.equal(model.generate(**inputs, **GEN), pruned)

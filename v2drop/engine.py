@@ -129,11 +129,24 @@ class DropSession:
             self._handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
 
     def remove(self) -> None:
+        self._unhook()
+        self._sequence = self._forward = None
+        self._pending = {}
+
+    def _unhook(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        self._sequence = self._forward = None
-        self._pending = {}
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Run the unmodified model for a while (e.g. a step of the unpruned baseline), keeping
+        this session's sequence state so that its own generation can continue afterwards."""
+        self._unhook()
+        try:
+            yield
+        finally:
+            self.install()
 
     def reset_trace(self) -> None:
         self.trace = Trace(method=self.trace.method, schedule=self.trace.schedule, num_layers=self.num_layers)
@@ -294,6 +307,9 @@ class DropSession:
         keep_mask = ~is_vision
         keep_mask.scatter_(1, vision_index.gather(1, chosen), True)
         kept_index = keep_mask.nonzero()[:, 1].view(batch, -1)         # (B, L_new), ascending
+        merge = getattr(self.rule, "merge", None)
+        if merge is not None:  # e.g. pooling: kept tokens absorb the dropped ones before the gather
+            hidden = merge(ctx, chosen)
         self.trace.scoring_seconds += time.perf_counter() - start
 
         hidden = _take(hidden, kept_index, dim=1)

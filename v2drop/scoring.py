@@ -54,6 +54,10 @@ class ScoringRule(Protocol):
 
     def score(self, ctx: ScoreContext) -> torch.Tensor: ...
 
+    # Optional: ``merge(ctx, chosen) -> (B, L, D)`` hidden states to use before the kept tokens
+    # are gathered (``chosen``: (B, k) indices into the ``n`` alive vision tokens), for rules
+    # that pool dropped tokens into kept ones instead of discarding them.
+
 
 @dataclass(frozen=True)
 class FunctionRule:
