@@ -90,3 +90,9 @@ def kv_cache_bytes(cache: Any | None) -> int | None:
 
 def uses_sliding_window(text_config: Any) -> bool:
     return "sliding_attention" in (getattr(text_config, "layer_types", None) or [])
+
+
+def detects_packing_from_positions(text_config: Any) -> bool:
+    """FlashAttention kernels treat non-contiguous position ids (as left by dropping) as packed
+    sequences; see ``_is_packed_sequence`` in modeling_flash_attention_utils."""
+    return "flash" in str(getattr(text_config, "_attn_implementation", "") or "")

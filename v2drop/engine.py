@@ -361,7 +361,11 @@ class DropSession:
             cos, sin = kwargs["position_embeddings"]
             fitted["position_embeddings"] = (_take(cos, query, dim=-2), _take(sin, query, dim=-2))
             position_ids = kwargs.get("position_ids")
-            if isinstance(position_ids, torch.Tensor):
+            if compat.detects_packing_from_positions(self.adapter.text_config):
+                # FlashAttention reads gaps in position ids as packed sequences; rotary phases
+                # come from position_embeddings, so the layer needs no ids at all.
+                fitted["position_ids"] = None
+            elif isinstance(position_ids, torch.Tensor):
                 fitted["position_ids"] = _take(position_ids, query, dim=-1)
         fitted["attention_mask"] = _fit_mask(kwargs.get("attention_mask"), query, keys)
         fwd.memo[key] = fitted
