@@ -72,7 +72,17 @@ def cached_length(cache: Any | None, layer_idx: int) -> int:
     """Tokens held by one layer's cache (layers hold different lengths after dropping)."""
     if cache is None or len(getattr(cache, "layers", [])) <= layer_idx:
         return 0
-    return int(cache.layers[layer_idx].get_seq_length())
+    layer = cache.layers[layer_idx]
+    return int(type(layer).get_seq_length(layer))  # the class's count, not a report_full_length override
+
+
+def report_full_length(cache: Any, layer_idx: int, dropped: int) -> None:
+    """Make one cache layer report ``dropped`` more tokens than it holds (instance override of
+    ``get_seq_length``), for a layer whose prompt tokens were dropped before it ran: transformers
+    reads the sequence length (positions, mask sizes) from layer 0's cache."""
+    layer = cache.layers[layer_idx]
+    own = type(layer).get_seq_length
+    layer.get_seq_length = lambda: own(layer) + dropped
 
 
 def kv_cache_bytes(cache: Any | None) -> int | None:

@@ -82,6 +82,7 @@ class _Forward:
     positions: torch.Tensor                         # (B, L_cur) original positions of the tokens alive now
     ordinal: torch.Tensor                           # (B, L_cur) index in the sample's vision sequence, -1 = text
     may_drop: bool                                  # multi-token input that holds vision tokens
+    length: int = 0                                 # tokens in this forward's input, before any drop
     version: int = 0                                # bumps each time the token set shrinks
     previous_hidden: torch.Tensor | None = None     # input of the previous layer, when a score needs it
     memo: dict = field(default_factory=dict)        # sliced kwargs shared by layers with the same token set
@@ -266,7 +267,7 @@ class DropSession:
             vision = torch.isin(input_ids, self.vision_ids.to(input_ids.device)).to(device)
             ordinal = torch.where(vision, vision.long().cumsum(1) - 1, ordinal)
         self._forward = _Forward(
-            past=past, positions=positions, ordinal=ordinal,
+            past=past, positions=positions, ordinal=ordinal, length=q,
             may_drop=q > 1 and bool((ordinal >= 0).any()) and bool(self.ratios),
         )
 
@@ -389,6 +390,11 @@ class DropSession:
         if before is None:
             before = torch.arange(fwd.past, device=fwd.positions.device).unsqueeze(0).expand(fwd.positions.shape[0], -1)
         seq.kv_index[idx] = torch.cat([before.to(fwd.positions.device), fwd.positions], dim=1)
+        if idx == 0 and before.shape[1] == fwd.past and fwd.version:
+            # A drop before layer 0 (pre-LLM pooling rules) shortens layer 0's cache, from which
+            # transformers reads the sequence length (new tokens' positions, mask sizes): make
+            # that cache layer report every token the sequence has seen, as it would unpruned.
+            compat.report_full_length(cache, 0, fwd.length - fwd.positions.shape[1])
 
 
 class _LayerHook:
