@@ -212,16 +212,6 @@ def square_side(count: int) -> int | None:
     return side if side * side == count else None
 
 
-def _grid_coords(ordinal: torch.Tensor) -> torch.Tensor:
-    """(row, col) of vision ordinals, assuming one square grid over all the sample's vision tokens
-    (the layout is not in the ScoreContext); a 1-D (index, 0) line when the count is not square."""
-    total = int(ordinal.max()) + 1 if ordinal.numel() else 0
-    side = square_side(total)
-    if side is None:
-        return torch.stack([ordinal.float(), torch.zeros_like(ordinal, dtype=torch.float32)], dim=-1)
-    return torch.stack([(ordinal // side).float(), (ordinal % side).float()], dim=-1)
-
-
 @dataclass(frozen=True)
 class DownsampleRule:
     name: str = "downsample"
@@ -232,41 +222,64 @@ class DownsampleRule:
     allows_layer_zero: bool = True
 
     def score(self, ctx: ScoreContext) -> torch.Tensor:
-        """Window centres: an a×b lattice over the (assumed square) grid, a·b ≥ k; extra centres
-        (a·b > k) are dropped from the end of the list; a 1-D line when the grid is not square."""
+        """Window centres: an a×b lattice of windows over the (assumed square) grid, a·b ≥ k, the
+        centre cell of each window; extra windows (a·b > k) lose their centre from the end of an
+        interleaved order. A 1-D line of k equal windows when the grid is not square."""
         batch, n = ctx.vision_index.shape
         k = ctx.keep_count
-        total = int(ctx.vision_ordinal[0].max()) + 1 if n else 0
-        side = square_side(total)
-        if side is None or n != total or k == 0:
+        side = self._side(ctx, n)
+        if side is None or k == 0:
             return _one_hot_scores(_even_targets(n, k), n, batch, ctx.hidden.device)
-        a = min(side, math.ceil(math.sqrt(k)))
-        b = min(side, math.ceil(k / a))
+        a, b = _lattice(side, k)
         rows, cols = _even_targets(side, a), _even_targets(side, b)
         centres = (rows.view(-1, 1) * side + cols.view(1, -1)).flatten()
-        # order the centres so that the first k are still spread out (interleave by parity)
         order = torch.argsort(((torch.arange(a).view(-1, 1) % 2) * 2 + torch.arange(b).view(1, -1) % 2).flatten(),
                               stable=True)
         return _one_hot_scores(centres[order][:k], n, batch, ctx.hidden.device)
 
+    @staticmethod
+    def _side(ctx: ScoreContext, n: int) -> int | None:
+        """Grid side when all the sample's vision tokens are alive and form one square grid."""
+        total = int(ctx.vision_ordinal[0].max()) + 1 if n else 0
+        side = square_side(total)
+        return side if side is not None and n == total else None
+
     def merge(self, ctx: ScoreContext, chosen: torch.Tensor) -> torch.Tensor:
-        """Each kept token becomes the mean of itself and the dropped tokens nearest to it on the
-        grid (its window); returns the full ``(B, L, D)`` hidden states with those rows replaced."""
+        """Each kept token becomes the mean of the tokens of its window (itself and the dropped
+        tokens of the same lattice cell; a token whose window lost its centre joins the nearest
+        kept token). Returns the ``(B, L, D)`` hidden states with the kept rows replaced."""
         hidden = ctx.hidden
         batch, n = ctx.vision_index.shape
-        if chosen.shape[1] == 0:
+        k = chosen.shape[1]
+        if k == 0 or k == n:
             return hidden
+        device = hidden.device
+        side = self._side(ctx, n)
+        if side is not None:
+            a, b = _lattice(side, k)
+            ordinal = ctx.vision_ordinal.to(device)
+            row, col = ordinal // side, ordinal % side
+            window = (row * a // side) * b + col * b // side                      # (B, n)
+            coords = torch.stack([row, col], dim=-1).float()
+        else:
+            window = (torch.arange(n, device=device) * k // n).unsqueeze(0).expand(batch, -1)
+            coords = torch.arange(n, device=device).float().view(1, n, 1).expand(batch, -1, -1)
         out = hidden.clone()
-        for b in range(batch):
-            coords = _grid_coords(ctx.vision_ordinal[b].cpu()).to(hidden.device)        # (n, 2)
-            kept = chosen[b].to(hidden.device)
-            dist = torch.cdist(coords, coords[kept])                                   # (n, k)
-            owner = dist.argmin(dim=1)                                                 # window of each token
-            rows = hidden[b, ctx.vision_index[b]].float()                              # (n, D)
-            sums = torch.zeros(len(kept), rows.shape[1], device=hidden.device).index_add_(0, owner, rows)
-            counts = torch.zeros(len(kept), device=hidden.device).index_add_(0, owner, torch.ones(n, device=hidden.device))
-            out[b, ctx.vision_index[b, kept]] = (sums / counts.clamp(min=1).unsqueeze(1)).to(hidden.dtype)
+        for i in range(batch):
+            kept = chosen[i].to(device)
+            cost = torch.cdist(coords[i], coords[i, kept]) + 1e6 * (window[i].view(-1, 1) != window[i, kept].view(1, -1))
+            owner = cost.argmin(dim=1)                                                  # (n,) into kept
+            rows = hidden[i, ctx.vision_index[i]].float()                               # (n, D)
+            sums = torch.zeros(k, rows.shape[1], device=device).index_add_(0, owner, rows)
+            counts = torch.zeros(k, device=device).index_add_(0, owner, torch.ones(n, device=device))
+            out[i, ctx.vision_index[i, kept]] = (sums / counts.clamp(min=1).unsqueeze(1)).to(hidden.dtype)
         return out
+
+
+def _lattice(side: int, k: int) -> tuple[int, int]:
+    """Rows × cols of pooling windows on a side×side grid with at least ``k`` windows."""
+    a = min(side, math.ceil(math.sqrt(k)))
+    return a, min(side, math.ceil(k / a))
 
 
 BASELINES = {
