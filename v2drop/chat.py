@@ -1,0 +1,615 @@
+"""Model-side logic of the side-by-side chat: inputs, the interleaved unpruned / V²Drop
+generation loop, and a small cache of loaded models.
+
+Nothing here knows about Gradio; ``app.py`` is layout and wiring only. Typical use::
+
+    from v2drop.chat import ModelRegistry, load_image, stream_pair
+    registry = ModelRegistry()
+    entry = registry.embedded()
+    image, notes = load_image("assets/examples/shapes_0_color.png")
+    for event in stream_pair(entry.model, entry.processor, image, "what color is the star ?",
+                             [], [], DropSchedule.preset("shapes-50%")):
+        print(event.full_text, "|", event.drop_text)
+    event.trace        # the V²Drop run's Trace (trace_all_layers=True), event.full / event.drop: RunStats
+
+Both answers are greedy. The two runs are interleaved token by token (unpruned prefill,
+V²Drop prefill, then one decode step of each in turn), so both first tokens appear early.
+The unpruned steps run inside ``run.paused()``: same weights, hooks out, its own KV cache.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .engine import apply
+from .schedule import PRESETS, DropSchedule
+from .trace import Trace
+
+__all__ = [
+    "ChatInputError", "ModelLoadError", "RunStats", "PairEvent", "LoadedModel", "ModelRegistry",
+    "load_image", "check_prompt", "build_messages", "build_inputs", "image_region", "stream_pair",
+    "EMBEDDED_ID", "SUGGESTED_MODELS", "presets_for", "schedule_summary", "nominal_vision_tokens",
+]
+
+EMBEDDED_ID = "embedded: shapes-llava"
+SUGGESTED_MODELS = [
+    "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
+    "Qwen/Qwen2-VL-2B-Instruct",
+    "Qwen/Qwen2.5-VL-3B-Instruct",
+    "llava-hf/llava-1.5-7b-hf",
+]
+MAX_PROMPT_CHARS = 1000
+MAX_IMAGE_SIDE = 2048          # larger images are downscaled before the processor sees them
+MAX_IMAGE_PIXELS = 50_000_000  # PIL decompression-bomb limit applied while decoding uploads
+MAX_NEW_TOKENS = 48
+
+
+class ChatInputError(ValueError):
+    """Bad user input; the message is meant for the page."""
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says why in plain words."""
+
+
+# ---------------------------------------------------------------------------------- inputs
+def load_image(source: str | os.PathLike | Image.Image | None, max_side: int = MAX_IMAGE_SIDE,
+               max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[Image.Image, list[str]]:
+    """Decode an upload safely: ``(RGB image, notes)``. Raises :class:`ChatInputError` for a
+    missing, corrupt or non-image file and for an image above the decompression-bomb limit;
+    downscales (and says so in ``notes``) an image whose longer side exceeds ``max_side``."""
+    if source is None or (isinstance(source, str) and not source.strip()):
+        raise ChatInputError("No image: upload an image (or pick an example) before asking a question.")
+    notes: list[str] = []
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ChatInputError(f"The image file {path.name!r} could not be found; upload it again.")
+        old_limit = Image.MAX_IMAGE_PIXELS
+        try:
+            Image.MAX_IMAGE_PIXELS = max_pixels
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as opened:
+                    w, h = opened.size
+                    if w * h > max_pixels:
+                        raise Image.DecompressionBombError(f"{w * h} pixels")
+                    opened.draft("RGB", (max_side, max_side))  # JPEG: decode at reduced size
+                    image = opened.copy()
+                    image.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ChatInputError(
+                f"This image is too large to decode safely (over {max_pixels / 1e6:.0f} megapixels, the "
+                "decompression-bomb limit). Please upload a smaller image.") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            raise ChatInputError(
+                f"{path.name!r} is not a readable image ({type(err).__name__}). Upload a PNG, JPEG, WebP, "
+                "GIF or BMP file.") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = old_limit
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # broken EXIF: keep the pixels as stored
+        pass
+    if getattr(image, "n_frames", 1) > 1:
+        notes.append("Animated image: only its first frame is used.")
+    if image.mode != "RGB":
+        if image.mode in ("RGBA", "LA", "P"):
+            rgba = image.convert("RGBA")
+            background = Image.new("RGB", rgba.size, (255, 255, 255))
+            background.paste(rgba, mask=rgba.getchannel("A"))
+            image = background
+        else:
+            image = image.convert("RGB")
+    w, h = image.size
+    if w < 2 or h < 2:
+        raise ChatInputError(f"The image is only {w}×{h} pixels; upload a larger one.")
+    if max(w, h) > max_side:
+        scale = max_side / max(w, h)
+        image = image.resize((max(2, round(w * scale)), max(2, round(h * scale))), Image.Resampling.LANCZOS)
+        notes.append(f"The image was {w}×{h} pixels; it was downscaled to {image.width}×{image.height}.")
+    return image, notes
+
+
+def check_prompt(text: str | None, max_chars: int = MAX_PROMPT_CHARS) -> str:
+    """The question, stripped; :class:`ChatInputError` if empty or too long."""
+    question = (text or "").strip()
+    if not question:
+        raise ChatInputError("The question is empty: type a question about the image.")
+    if len(question) > max_chars:
+        raise ChatInputError(f"The question is {len(question)} characters long; the limit is {max_chars}. "
+                             "Please shorten it.")
+    return question
+
+
+def build_messages(turns: Sequence[tuple[str, str]], question: str) -> list[dict[str, Any]]:
+    """Chat messages for a conversation about one image: the image goes with the first user turn.
+    ``turns`` are earlier ``(question, answer)`` pairs of the same run."""
+    messages: list[dict[str, Any]] = []
+    for i, (q, a) in enumerate([*turns, (question, None)]):
+        content: list[dict[str, Any]] = [{"type": "image"}] if i == 0 else []
+        content.append({"type": "text", "text": q})
+        messages.append({"role": "user", "content": content})
+        if a is not None:
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": a}]})
+    return messages
+
+
+def build_inputs(processor: Any, turns: Sequence[tuple[str, str]], question: str, image: Image.Image) -> Any:
+    """Tokenised multi-turn prompt + pixel values for any supported processor (batch of 1)."""
+    text = processor.apply_chat_template(build_messages(turns, question), add_generation_prompt=True,
+                                         tokenize=False)
+    return processor(images=[image], text=[text], return_tensors="pt")
+
+
+def image_region(processor: Any, image_size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """The box ``(x0, y0, x1, y1)`` of the original image that the patch grid covers: the centre
+    crop for processors that resize the short side and centre-crop (CLIP-style LLaVA-1.5); the
+    whole image for those that resize the whole image (SigLIP, LLaVA-NeXT/OneVision, Qwen2-VL)."""
+    w, h = image_size
+    ip = getattr(processor, "image_processor", None)
+    if ip is not None and getattr(ip, "do_center_crop", False) and getattr(ip, "crop_size", None):
+        crop = ip.crop_size
+        cw, ch = (crop.get("width"), crop.get("height")) if isinstance(crop, dict) else (crop, crop)
+        size = getattr(ip, "size", None) or {}
+        short = size.get("shortest_edge") if isinstance(size, dict) else None
+        if cw and ch and short:
+            scale = short / min(w, h)
+            bw, bh = min(w, cw / scale), min(h, ch / scale)
+            x0, y0 = (w - bw) / 2, (h - bh) / 2
+            return (x0, y0, x0 + bw, y0 + bh)
+    return (0.0, 0.0, float(w), float(h))
+
+
+# ---------------------------------------------------------------------------------- generation
+@dataclass
+class RunStats:
+    """Timings and memory of one of the two runs."""
+
+    name: str
+    prompt_tokens: int = 0
+    vision_tokens: int = 0
+    tokens: int = 0                       # generated tokens (the end-of-turn token included)
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    first_token_seconds: float | None = None   # since the request started (wall clock, both runs interleaved)
+    done_seconds: float | None = None
+    peak_memory_bytes: int | None = None
+    memory_kind: str = ""
+    kv_cache_bytes: int | None = None
+
+    @property
+    def total_seconds(self) -> float:
+        return self.prefill_seconds + self.decode_seconds
+
+    @property
+    def decode_tokens_per_second(self) -> float | None:
+        steps = self.tokens - 1
+        return steps / self.decode_seconds if steps > 0 and self.decode_seconds > 0 else None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["total_seconds"] = self.total_seconds
+        data["decode_tokens_per_second"] = self.decode_tokens_per_second
+        return data
+
+
+@dataclass
+class PairEvent:
+    """One streaming update: both answers so far, their stats, and (at the end) the trace."""
+
+    full_text: str
+    drop_text: str
+    full_done: bool
+    drop_done: bool
+    full: RunStats
+    drop: RunStats
+    trace: Trace | None
+    elapsed: float
+    schedule: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.full_done and self.drop_done
+
+
+class _Run:
+    def __init__(self, stats: RunStats, inputs: Any) -> None:
+        self.stats, self.inputs = stats, inputs
+        self.ids: list[int] = []
+        self.next_token: torch.Tensor | None = None
+        self.cache: Any = None
+        self.done = False
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def _to_device(inputs: Any, model: torch.nn.Module) -> dict[str, Any]:
+    device = _model_device(model)
+    dtype = next(model.parameters()).dtype
+    out = {}
+    for key, value in dict(inputs).items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device)
+            if value.is_floating_point():
+                value = value.to(dtype)
+        out[key] = value
+    return out
+
+
+def _eos_ids(model: torch.nn.Module, processor: Any) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        value = getattr(source, "eos_token_id", None) if source is not None else None
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    tok = getattr(processor, "tokenizer", processor)
+    if getattr(tok, "eos_token_id", None) is not None:
+        ids.add(int(tok.eos_token_id))
+    return ids
+
+
+def _memory_now(device: torch.device) -> tuple[int | None, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device), "cuda_max_allocated"
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"), "process_rss"
+    except (OSError, ValueError, IndexError):
+        return None, ""
+
+
+def stream_pair(
+    model: torch.nn.Module,
+    processor: Any,
+    image: Image.Image,
+    question: str,
+    history_full: Sequence[tuple[str, str]],
+    history_drop: Sequence[tuple[str, str]],
+    schedule: DropSchedule | str,
+    *,
+    method: str = "v2drop",
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    trace_all_layers: bool = True,
+    cancel: Callable[[], bool] | None = None,
+) -> Iterator[PairEvent]:
+    """Answer ``question`` with the unpruned model and with V²Drop, interleaved step by step.
+
+    Each run continues its own conversation (``history_full`` / ``history_drop``: earlier
+    ``(question, answer)`` pairs), so multi-turn chats stay side by side. Yields a
+    :class:`PairEvent` after each prefill and each decode step; the last one has ``done`` set
+    and carries the V²Drop :class:`Trace`."""
+    from transformers import DynamicCache
+
+    schedule = DropSchedule.parse(schedule) if isinstance(schedule, str) else schedule
+    tokenizer = getattr(processor, "tokenizer", processor)
+    device = _model_device(model)
+    eos = _eos_ids(model, processor)
+    start = time.perf_counter()
+    runs = {
+        "full": _Run(RunStats("unpruned"), _to_device(build_inputs(processor, history_full, question, image), model)),
+        "drop": _Run(RunStats("V²Drop"), _to_device(build_inputs(processor, history_drop, question, image), model)),
+    }
+    vision_ids = None
+
+    def text_of(run: _Run) -> str:
+        ids = [t for t in run.ids if t not in eos]
+        return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def event(trace: Trace | None = None) -> PairEvent:
+        return PairEvent(text_of(runs["full"]), text_of(runs["drop"]), runs["full"].done, runs["drop"].done,
+                         runs["full"].stats, runs["drop"].stats, trace, time.perf_counter() - start, str(schedule))
+
+    def step(run: _Run, prefill: bool) -> None:
+        stats = run.stats
+        if prefill:
+            run.cache = DynamicCache(config=model.config)
+            kwargs = dict(run.inputs)
+            stats.prompt_tokens = int(kwargs["input_ids"].shape[1])
+            if vision_ids is not None:
+                stats.vision_tokens = int(torch.isin(kwargs["input_ids"][0], vision_ids.to(device)).sum())
+        else:
+            kwargs = {"input_ids": run.next_token.view(1, 1)}
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            if prefill and run is runs["full"]:
+                torch.cuda.reset_peak_memory_stats(device)
+        t0 = time.perf_counter()
+        out = model(**kwargs, cache=run.cache, use_cache=True, logits_to_keep=1)
+        token = int(out.logits[0, -1].argmax())
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - t0
+        if prefill:
+            stats.prefill_seconds += elapsed
+        else:
+            stats.decode_seconds += elapsed
+        run.ids.append(token)
+        run.next_token = torch.tensor([token], device=device)
+        stats.tokens = len(run.ids)
+        if stats.first_token_seconds is None:
+            stats.first_token_seconds = time.perf_counter() - start
+        peak, kind = _memory_now(device)
+        if peak is not None:
+            stats.peak_memory_bytes = max(stats.peak_memory_bytes or 0, peak)
+            stats.memory_kind = kind
+        cache = out.past_key_values if getattr(out, "past_key_values", None) is not None else run.cache
+        run.cache = cache
+        from .compat import kv_cache_bytes
+        stats.kv_cache_bytes = kv_cache_bytes(cache)
+        if token in eos or len(run.ids) >= max_new_tokens:
+            run.done = True
+            stats.done_seconds = time.perf_counter() - start
+
+    with torch.inference_mode(), apply(model, schedule, method, trace_all_layers=trace_all_layers) as session:
+        vision_ids = session.vision_ids
+        with session.paused():
+            step(runs["full"], prefill=True)
+        yield event()
+        step(runs["drop"], prefill=True)
+        yield event()
+        while not (runs["full"].done and runs["drop"].done):
+            if cancel is not None and cancel():
+                break
+            if not runs["full"].done:
+                with session.paused():
+                    step(runs["full"], prefill=False)
+                yield event()
+            if not runs["drop"].done:
+                step(runs["drop"], prefill=False)
+                yield event()
+        trace = session.trace
+        # the engine's own numbers for the V²Drop run (same clock, measured inside its hooks)
+        drop = runs["drop"].stats
+        if trace.peak_memory_bytes is not None:
+            drop.peak_memory_bytes, drop.memory_kind = trace.peak_memory_bytes, trace.memory_kind
+        if trace.kv_cache_bytes is not None:
+            drop.kv_cache_bytes = trace.kv_cache_bytes
+    runs["full"].done = runs["drop"].done = True
+    final = event(trace)
+    for run in runs.values():
+        run.cache = None
+    yield final
+
+
+# ---------------------------------------------------------------------------------- schedules
+def nominal_vision_tokens(model: torch.nn.Module, last_count: int | None = None) -> int:
+    """Vision tokens of one image, for schedule arithmetic before a run: the last run's count when
+    known (dynamic-resolution models), else the base grid of the vision tower (LLaVA-style)."""
+    if last_count:
+        return int(last_count)
+    vision = getattr(model.config, "vision_config", None)
+    try:
+        side = int(vision.image_size) // int(vision.patch_size)
+        return side * side
+    except (AttributeError, TypeError, ZeroDivisionError):
+        return 1024
+
+
+def _text_config(model: torch.nn.Module) -> Any:
+    return model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+
+
+def num_decoder_layers(model: torch.nn.Module) -> int:
+    return int(_text_config(model).num_hidden_layers)
+
+
+def presets_for(model: torch.nn.Module, is_embedded: bool = False) -> list[tuple[str, str, str]]:
+    """``[(name, schedule text, description)]``: the model's own presets first, then the paper's
+    (those that do not fit the model's depth are kept but marked), then depth-scaled ones."""
+    layers = num_decoder_layers(model)
+    model_type = getattr(model.config, "model_type", "")
+    own = []
+    if is_embedded:
+        own = [n for n in PRESETS if n.startswith("shapes-")]
+    elif model_type in ("qwen2_vl", "qwen2_5_vl"):
+        own = ["qwen2-vl-official"]
+    elif model_type == "llava" and layers == 32:
+        own = ["llava-1.5-192", "llava-1.5-128", "llava-1.5-64", "llava-1.5-official"]
+    out = [(n, PRESETS[n][0], PRESETS[n][1] + " (this model's)") for n in own]
+    for name, (text, desc) in PRESETS.items():
+        if name in own:
+            continue
+        fits = max(DropSchedule.parse(text).layers, default=0) < layers
+        out.append((name, text, desc + ("" if fits else f" — does not fit this {layers}-layer model")))
+    # the paper's layers 3/17/22 of 32, scaled to this depth, at a few budgets
+    scaled = sorted({max(1, round(layers * f)) for f in (3 / 32, 17 / 32, 22 / 32)})
+    for target in (0.5, 0.33, 0.15):
+        try:
+            sched = DropSchedule.for_budget(layers, scaled, target)
+        except ValueError:
+            continue
+        out.append((f"scaled-{round(target * 100)}%", str(sched),
+                    f"paper's layers scaled to {layers} layers, ~{round(target * 100)} % of tokens on layer average"))
+    return out
+
+
+def schedule_summary(schedule: DropSchedule, model: torch.nn.Module, num_vision_tokens: int,
+                     num_text_tokens: int = 32) -> dict[str, Any]:
+    """Validate ``schedule`` for ``model`` and predict its budget. Raises ``ValueError`` with a
+    readable reason for an impossible schedule."""
+    layers = num_decoder_layers(model)
+    schedule.validate(layers)
+    cfg = _text_config(model)
+    heads = int(cfg.num_attention_heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    alive = schedule.alive_per_layer(layers, num_vision_tokens)
+    ratio = schedule.flops_ratio(layers, num_vision_tokens, num_text_tokens, int(cfg.hidden_size),
+                                 int(cfg.intermediate_size), kv_hidden_size=kv_heads * head_dim)
+    return {
+        "num_layers": layers,
+        "num_vision_tokens": num_vision_tokens,
+        "alive_per_layer": alive,
+        "average_kept": schedule.average_kept(layers, num_vision_tokens),
+        "flops_ratio": ratio,
+        "flops_saving": 1.0 - ratio,
+    }
+
+
+# ---------------------------------------------------------------------------------- model cache
+@dataclass
+class LoadedModel:
+    model_id: str
+    model: torch.nn.Module
+    processor: Any
+    label: str
+    trained: bool = True
+    is_embedded: bool = False
+    note: str = ""
+
+    @property
+    def num_layers(self) -> int:
+        return num_decoder_layers(self.model)
+
+
+def _pick_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _explain_load_error(model_id: str, err: BaseException) -> str:
+    from .adapters import UnsupportedModelError, supported_architectures
+
+    text = f"{type(err).__name__}: {err}"
+    low = text.lower()
+    if isinstance(err, UnsupportedModelError):
+        return f"{model_id!r} loaded, but its architecture is not supported by V²Drop: {err}"
+    if isinstance(err, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in low:
+        return f"Not enough memory to load {model_id!r}; the current model stays in use."
+    if ("offline" in low or "localentrynotfound" in low or "connection" in low or "couldn't connect" in low
+            or "cannot find the requested files" in low or "outgoing traffic has been disabled" in low):
+        return (f"{model_id!r} is not in the local Hugging Face cache and the network is unavailable "
+                "(offline mode), so it cannot be downloaded here.")
+    if "repositorynotfound" in low or "is not a local folder and is not a valid model identifier" in low or \
+            "not a valid model identifier" in low or "404" in low:
+        return f"{model_id!r} is not a known model id or local folder."
+    if "unrecognized configuration class" in low or "does not recognize this architecture" in low or \
+            "model type" in low and "not" in low:
+        return (f"{model_id!r} is not an image-text-to-text model that this app supports "
+                f"(supported families: {', '.join(supported_architectures())}).")
+    if "trust_remote_code" in low:
+        return f"{model_id!r} needs custom code from its repository; tick 'trust remote code' to allow it."
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return f"{model_id!r} could not be loaded: {type(err).__name__}: {first[:300]}"
+
+
+class ModelRegistry:
+    """Loaded models shared by all sessions, keyed by id. The embedded model is always loaded;
+    at most ``max_extra`` other models are kept (least recently used first out)."""
+
+    def __init__(self, max_extra: int = 1, device: str | None = None,
+                 embedded_dir: str | None = None) -> None:
+        self.max_extra = max_extra
+        self.device = device or _pick_device()
+        self.embedded_dir = embedded_dir
+        self._lock = threading.RLock()
+        self._extra: "OrderedDict[str, LoadedModel]" = OrderedDict()
+        self._embedded: LoadedModel | None = None
+
+    # embedded -------------------------------------------------------------------------------
+    def _weights_path(self) -> Path:
+        from .shapes.model import DEFAULT_MODEL_DIR
+        return Path(self.embedded_dir or DEFAULT_MODEL_DIR) / "model.safetensors"
+
+    def embedded(self) -> LoadedModel:
+        """The embedded shapes model; built untrained (and labelled so) while its weights are missing,
+        and swapped for the trained one as soon as the weights appear."""
+        with self._lock:
+            if self._embedded is None or (not self._embedded.trained and self._weights_path().exists()):
+                self._embedded = self._load_embedded()
+            return self._embedded
+
+    def _load_embedded(self) -> LoadedModel:
+        from .shapes import model as shapes
+        label = "Embedded Shapes model (tiny LLaVA, 8 layers, 256 vision tokens; understands generated " \
+                "shape scenes: colours, counts, positions, existence of circles/squares/triangles/stars)"
+        try:
+            model, processor = shapes.load_default(self.device, self.embedded_dir)
+            return LoadedModel(EMBEDDED_ID, model, processor, label, trained=True, is_embedded=True)
+        except (FileNotFoundError, OSError) as err:
+            model = shapes.build_model().to(self.device).eval()
+            processor = shapes.build_processor()
+            note = (f"The embedded model's trained weights are missing ({self._weights_path()}), so it runs "
+                    "UNTRAINED with random weights: answers are meaningless, but dropping, heatmaps and "
+                    f"timings work. ({type(err).__name__})")
+            return LoadedModel(EMBEDDED_ID, model, processor, label + " — UNTRAINED (weights missing)",
+                               trained=False, is_embedded=True, note=note)
+
+    # others ---------------------------------------------------------------------------------
+    def get(self, model_id: str | None) -> LoadedModel:
+        """A loaded model by id (the embedded one for ``None`` / :data:`EMBEDDED_ID`)."""
+        if not model_id or model_id == EMBEDDED_ID:
+            return self.embedded()
+        with self._lock:
+            if model_id not in self._extra:
+                raise KeyError(model_id)
+            self._extra.move_to_end(model_id)
+            return self._extra[model_id]
+
+    def loaded_ids(self) -> list[str]:
+        with self._lock:
+            return [EMBEDDED_ID, *self._extra]
+
+    def load(self, model_id: str, trust_remote_code: bool = False,
+             progress: Callable[[float, str], None] | None = None) -> LoadedModel:
+        """Load ``model_id`` (hub id or local folder) or return it from the cache. Raises
+        :class:`ModelLoadError` with a plain-language reason; the cache is unchanged on failure."""
+        model_id = (model_id or "").strip()
+        if not model_id or model_id == EMBEDDED_ID:
+            return self.embedded()
+        if len(model_id) > 200 or any(c in model_id for c in "\n\r\t"):
+            raise ModelLoadError("That does not look like a model id (expected 'owner/name' or a local folder).")
+        with self._lock:
+            if model_id in self._extra:
+                self._extra.move_to_end(model_id)
+                return self._extra[model_id]
+        from .adapters import get_adapter
+        from .loading import load_model
+
+        def report(fraction: float, message: str) -> None:
+            if progress is not None:
+                progress(fraction, message)
+
+        report(0.05, f"Reading the configuration of {model_id}…")
+        try:
+            report(0.2, f"Loading the weights of {model_id} on {self.device} (this can take a while)…")
+            model, processor = load_model(model_id, device=self.device, trust_remote_code=trust_remote_code)
+            report(0.85, "Checking that V²Drop can patch it…")
+            get_adapter(model)
+            getattr(processor, "apply_chat_template")
+        except BaseException as err:  # noqa: BLE001 - every failure becomes a message
+            if isinstance(err, (KeyboardInterrupt, SystemExit)):
+                raise
+            gc.collect()
+            raise ModelLoadError(_explain_load_error(model_id, err)) from err
+        entry = LoadedModel(model_id, model, processor, model_id)
+        with self._lock:
+            self._extra[model_id] = entry
+            while len(self._extra) > self.max_extra:
+                self._extra.popitem(last=False)
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        report(1.0, "Loaded.")
+        return entry

@@ -1,0 +1,118 @@
+"""Plotly charts of a run: vision tokens alive per layer, and latency / speed / memory of the
+unpruned and the V²Drop run side by side. Inputs are a :class:`v2drop.Trace` and run statistics
+as dicts (``RunStats.to_dict()`` from :mod:`v2drop.chat`, or any dict with the same keys)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from v2drop.trace import SampleTrace, Trace
+
+__all__ = ["alive_chart", "performance_chart", "metrics_rows", "METRIC_HEADERS", "retention_chart",
+           "COLOURS", "METRICS"]
+
+COLOURS = {"unpruned": "#7f8c8d", "V²Drop": "#e4572e"}
+# (key in the stats dict, title, unit, scale)
+METRICS = [
+    ("prefill_seconds", "Prefill time", "ms", 1e3),
+    ("decode_tokens_per_second", "Decode speed", "tokens/s", 1.0),
+    ("total_seconds", "Total time", "ms", 1e3),
+    ("peak_memory_bytes", "Peak memory", "MiB", 1 / 2**20),
+    ("kv_cache_bytes", "KV cache", "KiB", 1 / 2**10),
+]
+METRIC_HEADERS = ["metric", "unpruned", "V²Drop", "change"]
+
+
+def _layout(fig: go.Figure, title: str, height: int) -> go.Figure:
+    fig.update_layout(title=dict(text=title, x=0.01), height=height, margin=dict(l=50, r=20, t=60, b=40),
+                      template="plotly_white", legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def alive_chart(trace: Trace, sample: int = 0) -> go.Figure:
+    """Vision tokens entering each decoder layer: V²Drop (steps down at the drop layers) against the
+    unpruned model (flat). Drop layers are marked."""
+    s: SampleTrace = trace.samples[sample]
+    layers = list(range(trace.num_layers))
+    alive = list(s.alive_per_layer) or [s.num_vision_tokens] * trace.num_layers
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=layers, y=[s.num_vision_tokens] * len(layers), name="unpruned",
+                             mode="lines", line=dict(color=COLOURS["unpruned"], dash="dash", shape="hv")))
+    fig.add_trace(go.Scatter(x=layers, y=alive, name="V²Drop", mode="lines+markers",
+                             line=dict(color=COLOURS["V²Drop"], shape="hv"),
+                             hovertemplate="layer %{x}: %{y} vision tokens<extra></extra>"))
+    for layer in sorted(s.kept):
+        fig.add_vline(x=layer, line=dict(color="#bbbbbb", width=1, dash="dot"))
+    avg = sum(alive) / len(alive) if alive else 0
+    fig.update_xaxes(title_text="decoder layer", dtick=1 if len(layers) <= 32 else None)
+    fig.update_yaxes(title_text="vision tokens alive", rangemode="tozero")
+    return _layout(fig, f"Vision tokens alive per layer (layer average {avg:.1f} of {s.num_vision_tokens})", 320)
+
+
+def _value(stats: Mapping[str, Any], key: str) -> float | None:
+    value = stats.get(key)
+    if value is None and key == "total_seconds" and "prefill_seconds" in stats:
+        value = (stats.get("prefill_seconds") or 0) + (stats.get("decode_seconds") or 0)
+    return None if value is None else float(value)
+
+
+def performance_chart(full: Mapping[str, Any], drop: Mapping[str, Any]) -> go.Figure:
+    """One small bar chart per metric (prefill time, decode speed, total time, peak memory, KV cache),
+    unpruned vs V²Drop."""
+    fig = make_subplots(rows=1, cols=len(METRICS), subplot_titles=[f"{t} ({u})" for _, t, u, _ in METRICS],
+                        horizontal_spacing=0.07)
+    for col, (key, title, unit, scale) in enumerate(METRICS, start=1):
+        for name, stats in (("unpruned", full), ("V²Drop", drop)):
+            value = _value(stats, key)
+            fig.add_trace(go.Bar(x=[name], y=[None if value is None else value * scale], name=name,
+                                 marker_color=COLOURS[name], showlegend=col == 1,
+                                 hovertemplate=f"{name}: %{{y:.4g}} {unit}<extra>{title}</extra>"),
+                          row=1, col=col)
+    fig.update_xaxes(showticklabels=False)
+    memory = full.get("memory_kind") or drop.get("memory_kind") or ""
+    note = " — peak memory is the process RSS (CPU, shared by both runs)" if memory == "process_rss" else ""
+    return _layout(fig, "Unpruned vs V²Drop" + note, 300)
+
+
+def metrics_rows(full: Mapping[str, Any], drop: Mapping[str, Any]) -> list[list[str]]:
+    """The chart's numbers as table rows ``[metric, unpruned, V²Drop, change]``."""
+    rows = []
+    extra = [("first_token_seconds", "First token (since request)", "ms", 1e3),
+             ("tokens", "Generated tokens", "", 1.0), ("prompt_tokens", "Prompt tokens", "", 1.0)]
+    for key, title, unit, scale in METRICS + extra:
+        a, b = _value(full, key), _value(drop, key)
+        fa = "–" if a is None else f"{a * scale:.4g}"
+        fb = "–" if b is None else f"{b * scale:.4g}"
+        change = "–" if a in (None, 0) or b is None else f"{(b - a) / a * 100:+.1f} %"
+        rows.append([f"{title}" + (f" ({unit})" if unit else ""), fa, fb, change])
+    return rows
+
+
+def retention_chart(samples: Sequence[SampleTrace], layer: int | None = None, bins: int = 8) -> go.Figure:
+    """The paper's Fig. 2: share of vision tokens kept per position interval of the vision sequence
+    (after the last drop layer ``< layer``, or after the first drop layer when ``layer`` is None).
+    Attention-based rules keep mostly the end of the sequence; variation is close to uniform."""
+    fig = go.Figure()
+    kept_share = np.zeros(bins)
+    total = np.zeros(bins)
+    for s in samples:
+        if not s.kept:
+            continue
+        drop_layer = min(s.kept) if layer is None else max([d for d in s.kept if d <= layer] or [min(s.kept)])
+        n = s.num_vision_tokens
+        edges = np.linspace(0, n, bins + 1)
+        alive = set(s.alive_after(drop_layer))
+        for b in range(bins):
+            lo, hi = int(edges[b]), int(edges[b + 1])
+            total[b] += hi - lo
+            kept_share[b] += sum(1 for i in range(lo, hi) if i in alive)
+    share = np.divide(kept_share, total, out=np.zeros(bins), where=total > 0) * 100
+    labels = [f"{round(100 * b / bins)}–{round(100 * (b + 1) / bins)} %" for b in range(bins)]
+    fig.add_trace(go.Bar(x=labels, y=share, marker_color=COLOURS["V²Drop"], name="kept"))
+    fig.update_xaxes(title_text="position in the vision-token sequence")
+    fig.update_yaxes(title_text="kept (%)", range=[0, 100])
+    return _layout(fig, "Retention by position (no positional bias = flat bars)", 280)

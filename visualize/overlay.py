@@ -1,0 +1,200 @@
+"""Patch overlays on the image: kept vs dropped vision tokens per layer, the variation score as a
+heatmap, and the patches dropped at a given drop layer.
+
+Every function takes the image, a :class:`v2drop.SampleTrace` (``trace.samples[0]``) and a layer,
+and returns a new PIL image. Patches are placed with ``sample.layout`` (``cells[i] = (frame, row,
+col)``, ``grids[frame] = (rows, cols)``), so dynamic-resolution grids (Qwen2-VL) and multi-crop
+images (LLaVA-NeXT / OneVision anyres: a "base" grid and a "crop" grid) map exactly onto the
+image: each frame becomes one panel (the image with that frame's grid), panels side by side.
+``region`` is the part of the image the grids cover (``v2drop.chat.image_region``: the centre
+crop for CLIP-style processors, else the whole image).
+
+Colours: kept patches are shown as they are, patches dropped earlier are dimmed grey, and the
+patches dropped *at* the shown drop layer are tinted red.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from v2drop.trace import PatchLayout, SampleTrace
+
+__all__ = ["kept_overlay", "variation_heatmap", "dropped_overlay", "patch_boxes", "layer_status",
+           "colormap", "DROPPED_RGB", "DROPPED_NOW_RGB", "DEAD_RGB", "PANEL_SIZE"]
+
+PANEL_SIZE = 384                 # longer side of one panel, in pixels
+DEAD_RGB = (40, 40, 48)          # colour mixed into tokens no longer alive
+DROPPED_RGB = DEAD_RGB
+DROPPED_NOW_RGB = (230, 30, 30)  # tokens dropped at the shown drop layer
+DIM_ALPHA = 0.78                 # how strongly dead patches are dimmed
+RED_ALPHA = 0.62
+
+_INFERNO = np.array([  # anchor colours of a perceptually ordered map (dark -> bright)
+    (0, 0, 4), (40, 11, 84), (101, 21, 110), (159, 42, 99), (212, 72, 66), (245, 125, 21), (250, 193, 39),
+    (252, 255, 164)], dtype=np.float32)
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+    """Map values in [0, 1] to RGB uint8 (inferno-like)."""
+    v = np.clip(np.asarray(values, dtype=np.float32), 0, 1) * (len(_INFERNO) - 1)
+    lo = np.floor(v).astype(int)
+    hi = np.minimum(lo + 1, len(_INFERNO) - 1)
+    t = (v - lo)[..., None]
+    return (_INFERNO[lo] * (1 - t) + _INFERNO[hi] * t).round().astype(np.uint8)
+
+
+def _layout(sample: SampleTrace) -> PatchLayout:
+    if sample.layout is not None:
+        return sample.layout
+    n = sample.num_vision_tokens  # no layout recorded: assume one square raster grid
+    side = int(round(n ** 0.5))
+    if side * side != n:
+        raise ValueError(f"the trace has no patch layout and {n} vision tokens do not form a square grid")
+    return PatchLayout([(0, r, c) for r in range(side) for c in range(side)], [(side, side)], ["image"])
+
+
+def _panel_base(image: Image.Image, region: Sequence[float] | None, size: int) -> Image.Image:
+    img = image.convert("RGB")
+    if region is not None:
+        x0, y0, x1, y1 = region
+        if (x0, y0, x1, y1) != (0, 0, img.width, img.height):
+            img = img.crop((int(round(x0)), int(round(y0)), int(round(x1)), int(round(y1))))
+    scale = size / max(img.width, img.height)
+    return img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BICUBIC)
+
+
+def patch_boxes(layout: PatchLayout, panel_size: tuple[int, int]) -> dict[int, tuple[int, int, int, int, int]]:
+    """``{vision ordinal: (frame, x0, y0, x1, y1)}`` in panel pixels for every token that is a patch
+    (newline tokens are left out). Cell edges are rounded so that neighbours share edges exactly."""
+    w, h = panel_size
+    out = {}
+    for i, (frame, row, col) in enumerate(layout.cells):
+        if row < 0 or col < 0:
+            continue
+        rows, cols = layout.grids[frame]
+        out[i] = (frame, round(col * w / cols), round(row * h / rows), round((col + 1) * w / cols),
+                  round((row + 1) * h / rows))
+    return out
+
+
+def _compose(panels: list[Image.Image], layout: PatchLayout) -> Image.Image:
+    if len(panels) == 1:
+        return panels[0]
+    label_h, gap = 18, 6
+    width = sum(p.width for p in panels) + gap * (len(panels) - 1)
+    height = max(p.height for p in panels) + label_h
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    x = 0
+    for f, panel in enumerate(panels):
+        rows, cols = layout.grids[f]
+        draw.text((x + 4, 3), f"{layout.kinds[f]} {f} ({rows}×{cols})", fill=(0, 0, 0))
+        canvas.paste(panel, (x, label_h))
+        x += panel.width + gap
+    return canvas
+
+
+def _render(image: Image.Image, sample: SampleTrace, region, size: int,
+            colour_of) -> Image.Image:
+    """Paint every patch: ``colour_of(ordinal) -> (rgb, alpha) or None``; one panel per frame."""
+    layout = _layout(sample)
+    base = _panel_base(image, region, size)
+    panels = []
+    boxes = patch_boxes(layout, base.size)
+    arrays = [np.asarray(base, dtype=np.float32).copy() for _ in layout.grids]
+    for ordinal, (frame, x0, y0, x1, y1) in boxes.items():
+        paint = colour_of(ordinal)
+        if paint is None:
+            continue
+        rgb, alpha = paint
+        cell = arrays[frame][y0:y1, x0:x1]
+        cell[:] = cell * (1 - alpha) + np.asarray(rgb, dtype=np.float32) * alpha
+    for frame, arr in enumerate(arrays):
+        panel = Image.fromarray(arr.clip(0, 255).astype(np.uint8))
+        _grid_lines(panel, layout.grids[frame])
+        panels.append(panel)
+    return _compose(panels, layout)
+
+
+def _grid_lines(panel: Image.Image, grid: tuple[int, int]) -> None:
+    rows, cols = grid
+    if rows > 64 or cols > 64:
+        return
+    draw = ImageDraw.Draw(panel, "RGBA")
+    w, h = panel.size
+    for c in range(1, cols):
+        x = round(c * w / cols)
+        draw.line([(x, 0), (x, h)], fill=(255, 255, 255, 40))
+    for r in range(1, rows):
+        y = round(r * h / rows)
+        draw.line([(0, y), (w, y)], fill=(255, 255, 255, 40))
+
+
+def layer_status(sample: SampleTrace, layer: int) -> tuple[set[int], set[int]]:
+    """``(alive, dropped_now)`` ordinals at ``layer``: the tokens the layer processes, and those
+    removed right before it (empty unless ``layer`` is a drop layer)."""
+    alive = set(sample.alive_after(layer))
+    dropped_now = set(sample.dropped_at(layer)) if layer in sample.kept else set()
+    return alive, dropped_now
+
+
+def kept_overlay(image: Image.Image, sample: SampleTrace, layer: int, region: Sequence[float] | None = None,
+                 size: int = PANEL_SIZE) -> Image.Image:
+    """The image with the vision tokens that layer ``layer`` processes shown as they are, the ones
+    dropped before it dimmed, and the ones dropped right at it (a drop layer) tinted red."""
+    alive, dropped_now = layer_status(sample, layer)
+
+    def colour(i: int):
+        if i in alive:
+            return None
+        if i in dropped_now:
+            return DROPPED_NOW_RGB, RED_ALPHA
+        return DROPPED_RGB, DIM_ALPHA
+
+    return _render(image, sample, region, size, colour)
+
+
+def dropped_overlay(image: Image.Image, sample: SampleTrace, layer: int, region: Sequence[float] | None = None,
+                    size: int = PANEL_SIZE) -> Image.Image:
+    """Which patches went at drop layer ``layer``: those tinted red (dropped there), grey (dropped
+    at an earlier layer), untouched (still alive after it). ``ValueError`` if not a drop layer."""
+    if layer not in sample.kept:
+        raise ValueError(f"layer {layer} is not a drop layer of this run (drop layers: {sorted(sample.kept)})")
+    return kept_overlay(image, sample, layer, region, size)
+
+
+def variation_heatmap(image: Image.Image, sample: SampleTrace, layer: int, region: Sequence[float] | None = None,
+                      size: int = PANEL_SIZE, alpha: float = 0.6, normalise: str = "layer",
+                      ) -> Image.Image:
+    """The variation score ``‖h_l − h_(l−1)‖₂`` of every vision token alive at ``layer``, as a colour
+    map over its patch (dark = little change, bright = much); tokens no longer alive are dark grey.
+    ``normalise="layer"`` stretches this layer's scores to the full colour range; ``"log"`` first
+    takes log1p. Needs the run's trace made with ``trace_all_layers=True`` (or a drop layer)."""
+    entry = sample.scores.get(layer)
+    if entry is None:
+        raise ValueError(f"no variation scores at layer {layer}"
+                         + (" (layer 0 has no previous layer to compare with)" if layer == 0 else
+                            "; run with trace_all_layers=True"))
+    index = list(entry["index"])
+    values = np.asarray(entry["score"], dtype=np.float64)
+    if normalise == "log":
+        values = np.log1p(np.maximum(values, 0))
+    finite = values[np.isfinite(values)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    norm = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+    colours = colormap(norm)
+    table = {int(i): (tuple(int(v) for v in c), alpha) for i, c in zip(index, colours)}
+
+    def colour(i: int):
+        return table.get(i, (DEAD_RGB, DIM_ALPHA))
+
+    return _render(image, sample, region, size, colour)
+
+
+def colorbar(width: int = 256, height: int = 14) -> Image.Image:
+    """A horizontal legend of :func:`colormap` (left = low variation, right = high)."""
+    row = colormap(np.linspace(0, 1, width))
+    return Image.fromarray(np.repeat(row[None], height, axis=0))
