@@ -143,12 +143,14 @@ class Qwen2VLAdapter(ModelAdapter):
         }
         counters = {image_id: _images_before(input_ids, sample, image_id),
                     video_id: _images_before(input_ids, sample, video_id)}
+        runs = _vision_runs(input_ids[sample], [image_id, video_id], with_ids=True)
+        if any(counters[t] + sum(1 for tt, _ in runs if tt == t) > len(grids_by_kind[t]) for t in counters):
+            # generate() in transformers 5.x encodes the pixels before the first forward and drops
+            # the grids from the model's kwargs; the 3-D M-RoPE position ids still describe them
+            return self._layout_from_positions(input_ids, sample, model_inputs.get("position_ids"), runs, video_id)
         cells, grids, kinds = [], [], []
-        for token_id, length in _vision_runs(input_ids[sample], [image_id, video_id], with_ids=True):
-            rows_list = grids_by_kind[token_id]
-            if counters[token_id] >= len(rows_list):
-                return None
-            t, h, w = rows_list[counters[token_id]]
+        for token_id, length in runs:
+            t, h, w = grids_by_kind[token_id][counters[token_id]]
             counters[token_id] += 1
             gh, gw = h // merge, w // merge
             if t * gh * gw != length:
@@ -157,6 +159,41 @@ class Qwen2VLAdapter(ModelAdapter):
                 f = len(grids)
                 grids.append((gh, gw)); kinds.append("video" if token_id == video_id else "image")
                 cells += [(f, r, c) for r in range(gh) for c in range(gw)]
+        return PatchLayout(cells, grids, kinds)
+
+    @staticmethod
+    def _layout_from_positions(input_ids: torch.Tensor, sample: int, position_ids: Any, runs: list,
+                               video_id: int) -> PatchLayout | None:
+        """(frame, row, col) from M-RoPE ids ``(3 or 4, B, L)``, whose last two rows are the
+        height and width ids: within a run, rows/cols are offsets from the smallest height/width
+        id, and tokens come frame after frame in raster order. (Temporal ids are not used:
+        Qwen2.5-VL scales them by seconds per slice, so close frames can share one.)"""
+        if not isinstance(position_ids, torch.Tensor) or position_ids.dim() != 3 or position_ids.shape[0] not in (3, 4):
+            return None
+        if position_ids.shape[-1] != input_ids.shape[-1]:
+            return None
+        pos = position_ids[-3:, min(sample, position_ids.shape[1] - 1)].long().cpu()
+        ids = input_ids[sample].tolist()
+        cells, grids, kinds = [], [], []
+        i = 0
+        for token_id, length in runs:
+            while ids[i] != token_id:
+                i += 1
+            h_ids, w_ids = pos[1, i:i + length], pos[2, i:i + length]
+            i += length
+            h0, w0 = int(h_ids.min()), int(w_ids.min())
+            rows, cols = int(h_ids.max()) - h0 + 1, int(w_ids.max()) - w0 + 1
+            frames, rest = divmod(length, rows * cols)
+            if rest:
+                return None
+            first = len(grids)
+            for _ in range(frames):
+                grids.append((rows, cols)); kinds.append("video" if token_id == video_id else "image")
+            run_cells = [(first + k // (rows * cols), h - h0, w - w0)
+                         for k, (h, w) in enumerate(zip(h_ids.tolist(), w_ids.tolist()))]
+            if any((r, c) != divmod(k % (rows * cols), cols) for k, (_, r, c) in enumerate(run_cells)):
+                return None  # not frame-major raster order: do not guess
+            cells += run_cells
         return PatchLayout(cells, grids, kinds)
 
 

@@ -204,7 +204,7 @@ class DropSession:
         if input_ids is None:
             return
         vision = torch.isin(input_ids, self.vision_ids.to(input_ids.device))
-        layout_inputs = {k: kwargs.get(k) for k in ("image_grid_thw", "video_grid_thw", "image_sizes")}
+        layout_inputs = {k: kwargs.get(k) for k in ("image_grid_thw", "video_grid_thw", "image_sizes", "position_ids")}
         for b in range(batch):
             positions = vision[b].nonzero().flatten().tolist()
             self.trace.samples.append(SampleTrace(
