@@ -80,12 +80,13 @@ def _trace_kept(trace):
 
 
 def evaluate(model, processor, questions, method="none", schedule=None, batch_size=32,
-             max_new_tokens=3, return_predictions=False) -> dict:
+             max_new_tokens=3, return_predictions=False, on_trace=None) -> dict:
     """Exact-match accuracy (first answer word), overall and per question type.
 
     ``questions``: ``scenes.Sample`` objects or dicts with image/question/answer/qtype.
     ``method="none"`` runs the unpatched model; otherwise the model is patched with
     ``v2drop.apply(model, schedule, method=method)`` for each batch.
+    ``on_trace``: optional callback given each batch's ``v2drop.Trace`` (e.g. kept positions).
     """
     correct, total, preds, kept = {}, {}, [], []
     t0 = time.time()
@@ -100,6 +101,8 @@ def evaluate(model, processor, questions, method="none", schedule=None, batch_si
 
             with apply(model, schedule, method=method) as run:
                 outs = answer(model, processor, imgs, qs, max_new_tokens)
+            if on_trace is not None:
+                on_trace(run.trace)
             k = _trace_kept(getattr(run, "trace", None))
             if k is not None:
                 kept.append(k)
