@@ -25,7 +25,7 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -162,16 +162,24 @@ def image_region(processor: Any, image_size: tuple[int, int]) -> tuple[float, fl
     w, h = image_size
     ip = getattr(processor, "image_processor", None)
     if ip is not None and getattr(ip, "do_center_crop", False) and getattr(ip, "crop_size", None):
-        crop = ip.crop_size
-        cw, ch = (crop.get("width"), crop.get("height")) if isinstance(crop, dict) else (crop, crop)
-        size = getattr(ip, "size", None) or {}
-        short = size.get("shortest_edge") if isinstance(size, dict) else None
+        crop, size = ip.crop_size, getattr(ip, "size", None)
+        cw, ch = (_field(crop, "width"), _field(crop, "height")) if not isinstance(crop, int) else (crop, crop)
+        short = _field(size, "shortest_edge")
         if cw and ch and short:
             scale = short / min(w, h)
             bw, bh = min(w, cw / scale), min(h, ch / scale)
             x0, y0 = (w - bw) / 2, (h - bh) / 2
             return (x0, y0, x0 + bw, y0 + bh)
     return (0.0, 0.0, float(w), float(h))
+
+
+def _field(obj: Any, key: str) -> Any:
+    """A key of a size dict (plain dict or transformers' SizeDict)."""
+    if obj is None:
+        return None
+    if isinstance(obj, dict):
+        return obj.get(key)
+    return getattr(obj, key, None)
 
 
 # ---------------------------------------------------------------------------------- generation
@@ -319,7 +327,7 @@ def stream_pair(
 
     def event(trace: Trace | None = None) -> PairEvent:
         return PairEvent(text_of(runs["full"]), text_of(runs["drop"]), runs["full"].done, runs["drop"].done,
-                         runs["full"].stats, runs["drop"].stats, trace, time.perf_counter() - start, str(schedule))
+                         replace(runs["full"].stats), replace(runs["drop"].stats), trace, time.perf_counter() - start, str(schedule))
 
     def step(run: _Run, prefill: bool) -> None:
         stats = run.stats
@@ -386,7 +394,7 @@ def stream_pair(
             drop.peak_memory_bytes, drop.memory_kind = trace.peak_memory_bytes, trace.memory_kind
         if trace.kv_cache_bytes is not None:
             drop.kv_cache_bytes = trace.kv_cache_bytes
-    runs["full"].done = runs["drop"].done = True
+    runs["full"].done = runs["drop"].done = True  # (also when cancelled)
     final = event(trace)
     for run in runs.values():
         run.cache = None

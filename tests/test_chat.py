@@ -1,0 +1,201 @@
+"""v2drop.chat: safe image/prompt input, multi-turn inputs for every family, the interleaved
+unpruned / V²Drop streaming loop (same answers as generate), the model cache and its errors."""
+
+import struct
+import zlib
+
+import pytest
+import torch
+from PIL import Image
+
+import tiny_models
+import v2drop
+from v2drop.chat import (EMBEDDED_ID, ChatInputError, ModelLoadError, ModelRegistry, build_inputs, build_messages,
+                         check_prompt, image_region, load_image, presets_for, schedule_summary, stream_pair)
+from v2drop.schedule import DropSchedule
+
+SCHEDULE = "2:0.5,4:0.5"
+
+
+# ------------------------------------------------------------------------------ bad input
+def test_corrupt_and_non_image_files_are_refused(tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    for path in (bad, text):
+        with pytest.raises(ChatInputError, match="not a readable image"):
+            load_image(str(path))
+    with pytest.raises(ChatInputError, match="No image"):
+        load_image(None)
+    with pytest.raises(ChatInputError, match="could not be found"):
+        load_image(str(tmp_path / "missing.png"))
+
+
+def _png_header_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width``×``height`` (a decompression bomb's signature)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_is_refused_before_decoding(tmp_path):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_header_claiming(40_000, 40_000))  # 1.6 gigapixels in 100 bytes
+    with pytest.raises(ChatInputError, match="too large to decode safely"):
+        load_image(str(bomb))
+    assert Image.MAX_IMAGE_PIXELS == 89_478_485 or Image.MAX_IMAGE_PIXELS is not None  # limit restored
+
+
+def test_huge_resolution_is_downscaled_and_said(tmp_path):
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (4000, 500), (10, 200, 30)).save(path)
+    image, notes = load_image(str(path), max_side=1000)
+    assert image.size == (1000, 125)
+    assert notes and "downscaled" in notes[0] and "4000×500" in notes[0]
+    rgba = tmp_path / "alpha.png"
+    Image.new("RGBA", (40, 30), (0, 0, 0, 0)).save(rgba)
+    image, notes = load_image(str(rgba))
+    assert image.mode == "RGB" and image.getpixel((0, 0)) == (255, 255, 255) and not notes
+
+
+def test_prompts_empty_or_too_long_are_refused():
+    assert check_prompt("  what color ?  ") == "what color ?"
+    for empty in ("", "   \n", None):
+        with pytest.raises(ChatInputError, match="empty"):
+            check_prompt(empty)
+    with pytest.raises(ChatInputError, match="limit is 1000"):
+        check_prompt("x" * 1001)
+
+
+def test_impossible_schedules_are_explained(tiny):
+    model, _ = tiny("llava")
+    for text, why in [("9:0.5", "outside the model"), ("0:0.5", "layer 0"), ("3:1.5", "outside \\[0, 1\\]"),
+                      ("3:0.5,2:0.5", "increasing order"), ("3-0.5", "layer:keep_ratio")]:
+        with pytest.raises(ValueError, match=why):
+            schedule_summary(DropSchedule.parse(text), model, 64)
+    ok = schedule_summary(DropSchedule.parse("2:0.5,4:0"), model, 64)
+    assert ok["alive_per_layer"] == [64, 64, 32, 32, 0, 0]
+    assert ok["average_kept"] == pytest.approx(192 / 6) and 0 < ok["flops_saving"] < 1
+
+
+# ------------------------------------------------------------------------------ inputs
+def test_messages_put_the_image_in_the_first_turn_only():
+    msgs = build_messages([("q1", "a1")], "q2")
+    assert [m["role"] for m in msgs] == ["user", "assistant", "user"]
+    assert msgs[0]["content"][0] == {"type": "image"}
+    assert all(c["type"] == "text" for c in msgs[2]["content"])
+
+
+@pytest.mark.parametrize("family", tiny_models.FAMILIES)
+def test_inputs_for_every_family_have_one_image(tiny, family):
+    model, processor = tiny(family)
+    inputs = build_inputs(processor, [("what is it", "a cat")], "and the color", tiny_models.image(1, (64, 48)))
+    ids = inputs["input_ids"][0]
+    vision = torch.isin(ids, torch.tensor(v2drop.get_adapter(model).vision_token_ids()))
+    runs = (vision[1:] & ~vision[:-1]).sum() + int(vision[0])
+    assert inputs["input_ids"].shape[0] == 1 and vision.sum() > 0 and runs >= 1
+    assert "pixel_values" in inputs
+
+
+def test_image_region_centre_crop_for_clip_processors(tiny):
+    _, processor = tiny("llava")  # CLIPImageProcessor: shortest edge 64 + 64×64 centre crop
+    assert image_region(processor, (200, 100)) == pytest.approx((50, 0, 150, 100))
+    _, qwen = tiny("qwen2_vl")
+    assert image_region(qwen, (200, 100)) == (0, 0, 200, 100)
+
+
+# ------------------------------------------------------------------------------ streaming pair
+def _run(model, processor, image, question, hf=(), hd=(), schedule=SCHEDULE, n=5):
+    events = list(stream_pair(model, processor, image, question, list(hf), list(hd), schedule, max_new_tokens=n))
+    return events
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_stream_pair_matches_generate_and_interleaves(tiny, family):
+    model, processor = tiny(family)
+    image = tiny_models.image(2)
+    events = _run(model, processor, image, "what is in the image")
+    final = events[-1]
+    assert final.done and final.trace is not None
+    # both first tokens arrive before either answer is finished (interleaved, not one after the other)
+    first_both = next(i for i, e in enumerate(events) if e.full.tokens and e.drop.tokens)
+    assert not events[first_both].full_done or not events[first_both].drop_done
+    assert events[0].full.tokens == 1 and events[0].drop.tokens == 0
+    # same greedy answers as generate, with and without V²Drop
+    inputs = build_inputs(processor, [], "what is in the image", image)
+    n = inputs["input_ids"].shape[1]
+    gen = dict(max_new_tokens=5, do_sample=False)
+    with torch.inference_mode():
+        full_ids = model.generate(**inputs, **gen)[0, n:].tolist()
+        with v2drop.apply(model, SCHEDULE):
+            drop_ids = model.generate(**inputs, **gen)[0, n:].tolist()
+    tok = processor.tokenizer
+    decode = lambda ids: tok.decode([i for i in ids if i != tok.eos_token_id], skip_special_tokens=True).strip()
+    assert final.full_text == decode(full_ids)
+    assert final.drop_text == decode(drop_ids)
+    s = final.trace.samples[0]
+    assert s.alive_per_layer[2] < s.alive_per_layer[1] and sorted(s.kept) == [2, 4]
+    assert len(s.scores) >= 4  # trace_all_layers: variation at every layer but 0
+    f, d = final.full, final.drop
+    assert f.prefill_seconds > 0 and d.prefill_seconds > 0 and f.first_token_seconds <= d.first_token_seconds
+    assert d.kv_cache_bytes < f.kv_cache_bytes
+    assert f.vision_tokens == s.num_vision_tokens > 0
+
+
+def test_multi_turn_keeps_each_runs_own_history(tiny):
+    model, processor = tiny("llava_onevision")
+    image = tiny_models.image(4, (64, 32))
+    first = _run(model, processor, image, "what is it", n=3)[-1]
+    second = _run(model, processor, image, "and the color", [("what is it", first.full_text)],
+                  [("what is it", first.drop_text)], n=3)[-1]
+    assert second.full.prompt_tokens > first.full.prompt_tokens
+    assert second.trace.samples[0].num_vision_tokens == first.trace.samples[0].num_vision_tokens
+
+
+def test_model_state_is_restored_after_a_pair(tiny):
+    model, processor = tiny("llava")
+    image = tiny_models.image(5)
+    inputs = build_inputs(processor, [], "describe it", image)
+    with torch.inference_mode():
+        before = model(**inputs).logits
+    _run(model, processor, image, "describe it", n=2)
+    with torch.inference_mode():
+        after = model(**inputs).logits
+    assert torch.equal(before, after)
+    assert not any(layer._forward_pre_hooks for layer in v2drop.get_adapter(model).decoder_layers())
+
+
+# ------------------------------------------------------------------------------ model cache
+def test_registry_embedded_and_failing_loads_leave_the_cache(tmp_path):
+    registry = ModelRegistry(max_extra=1, device="cpu", embedded_dir=str(tmp_path / "no-weights"))
+    emb = registry.embedded()
+    assert emb.model_id == EMBEDDED_ID and not emb.trained and "UNTRAINED" in emb.label
+    assert registry.get(None) is emb
+    with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache|not a known model"):
+        registry.load("nobody/does-not-exist-v2drop")
+    with pytest.raises(ModelLoadError, match="does not look like a model id"):
+        registry.load("a\nb")
+    # a text-only model: loads as nothing this app supports
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    text_only = tmp_path / "text-only"
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(text_only)
+    with pytest.raises(ModelLoadError, match="not an image-text-to-text model|not supported"):
+        registry.load(str(text_only))
+    assert registry.loaded_ids() == [EMBEDDED_ID]
+    names = [n for n, _, _ in presets_for(emb.model, emb.is_embedded)]
+    assert names[0].startswith("shapes-")
+
+
+def test_registry_loads_a_local_folder_and_evicts_lru(tmp_path):
+    registry = ModelRegistry(max_extra=1, device="cpu", embedded_dir=str(tmp_path / "none"))
+    tiny_models.build("llava", tmp_path / "a")
+    tiny_models.build("qwen2_vl", tmp_path / "b")
+    calls = []
+    a = registry.load(str(tmp_path / "a" / "llava"), progress=lambda f, m: calls.append(f))
+    assert calls and calls[-1] == 1.0 and registry.get(a.model_id) is a
+    registry.load(str(tmp_path / "b" / "qwen2_vl"))
+    with pytest.raises(KeyError):
+        registry.get(a.model_id)
+    assert len(registry.loaded_ids()) == 2

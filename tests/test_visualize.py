@@ -1,0 +1,186 @@
+"""Visualisation functions: a trace in, an image / figure with the right size and content out."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import tiny_models
+import v2drop
+from v2drop.chat import stream_pair
+from v2drop.trace import PatchLayout, SampleTrace, Trace
+from visualize import charts, overlay, story
+
+WHITE = (255, 255, 255)
+
+
+def _expected_colour(rgb, alpha):
+    return tuple(np.array(WHITE) * (1 - alpha) + np.array(rgb) * alpha)
+
+
+def classify(img: Image.Image) -> dict[str, int]:
+    """Pixels of a white-image overlay by nearest colour: clear, red (dropped now), dim (dropped before)."""
+    arr = np.asarray(img.convert("RGB"), dtype=np.float32)
+    refs = {"clear": WHITE, "red": _expected_colour(overlay.DROPPED_NOW_RGB, overlay.RED_ALPHA),
+            "dim": _expected_colour(overlay.DROPPED_RGB, overlay.DIM_ALPHA)}
+    names = list(refs)
+    dist = np.stack([np.abs(arr - np.array(refs[n], dtype=np.float32)).sum(-1) for n in names])
+    nearest = dist.argmin(0)
+    return {n: int((nearest == i).sum()) for i, n in enumerate(names)}
+
+
+def grid_sample(rows=4, cols=4, frames=1, newline=False) -> SampleTrace:
+    cells, grids, kinds = [], [], []
+    for f in range(frames):
+        grids.append((rows, cols)); kinds.append("base" if f == 0 and frames > 1 else "crop" if frames > 1 else "image")
+        for r in range(rows):
+            cells += [(f, r, c) for c in range(cols)]
+            if newline and f > 0:
+                cells.append((f, -1, -1))
+    n = len(cells)
+    return SampleTrace(num_vision_tokens=n, vision_positions=list(range(5, 5 + n)),
+                       layout=PatchLayout(cells, grids, kinds))
+
+
+def with_drops(sample: SampleTrace, num_layers=6, stages=((1, 0.5), (3, 0.25))) -> Trace:
+    """Keep every other alive token at each stage (deterministic), with made-up scores."""
+    alive = list(range(sample.num_vision_tokens))
+    per_layer = []
+    stage = dict(stages)
+    for layer in range(num_layers):
+        if layer in stage:
+            keep = int(len(alive) * stage[layer])
+            sample.kept[layer] = alive[::max(1, len(alive) // max(keep, 1))][:keep]
+            alive = sample.kept[layer]
+        if layer > 0:
+            sample.scores[layer] = {"index": list(alive), "score": [float(i) for i in alive]}
+        per_layer.append(len(alive))
+    sample.alive_per_layer = per_layer
+    trace = Trace(method="v2drop", schedule=",".join(f"{l}:{r}" for l, r in stages), num_layers=num_layers)
+    trace.samples.append(sample)
+    return trace
+
+
+def cell_area(layout, size, ordinals):
+    boxes = overlay.patch_boxes(layout, size)
+    return sum((boxes[i][3] - boxes[i][1]) * (boxes[i][4] - boxes[i][2]) for i in ordinals if i in boxes)
+
+
+@pytest.mark.parametrize("layer", [0, 1, 2, 3, 5])
+def test_kept_overlay_paints_exactly_the_dropped_patches(layer):
+    trace = with_drops(grid_sample(8, 8))
+    s = trace.samples[0]
+    white = Image.new("RGB", (256, 256), WHITE)
+    img = overlay.kept_overlay(white, s, layer, size=256)
+    assert img.size == (256, 256)
+    counts = classify(img)
+    alive, now = overlay.layer_status(s, layer)
+    before = set(range(64)) - alive - now
+    assert len(alive) == len(s.alive_after(layer))
+    assert counts["red"] == cell_area(s.layout, img.size, now)
+    assert counts["dim"] == cell_area(s.layout, img.size, before)
+    assert counts["clear"] == cell_area(s.layout, img.size, alive)
+    if layer == 3:  # 32 alive before layer 3, 8 kept: 24 red cells of 32×32 px
+        assert counts["red"] == 24 * 32 * 32
+
+
+def test_multi_crop_layout_gets_one_panel_per_frame_and_skips_newlines():
+    s = grid_sample(4, 4, frames=2, newline=True)  # base 4×4, crop 4×4 with a newline token per row
+    trace = with_drops(s, stages=((2, 0.5),))
+    img = overlay.kept_overlay(Image.new("RGB", (200, 100), WHITE), s, 2, size=200)
+    assert img.width > 2 * 200 - 1  # two panels side by side, each 200 wide
+    counts = classify(img.crop((0, 18, img.width, img.height)))
+    dropped = [i for i in s.dropped_at(2) if s.layout.cells[i][1] >= 0]
+    panel = (200, 100)
+    assert counts["red"] == cell_area(s.layout, panel, dropped)
+
+
+def test_non_square_grid_maps_onto_the_whole_image():
+    s = grid_sample(3, 5)
+    with_drops(s, stages=((1, 0.4),))
+    img = overlay.kept_overlay(Image.new("RGB", (500, 300), WHITE), s, 1, size=500)
+    assert img.size == (500, 300)
+    boxes = overlay.patch_boxes(s.layout, img.size)
+    assert boxes[0][1:] == (0, 0, 100, 100) and boxes[14][1:] == (400, 200, 500, 300)
+
+
+def test_region_crops_to_the_grid_area():
+    s = grid_sample(4, 4)
+    with_drops(s)
+    img = overlay.kept_overlay(Image.new("RGB", (400, 200), WHITE), s, 0, region=(100, 0, 300, 200), size=128)
+    assert img.size == (128, 128)
+
+
+def test_variation_heatmap_orders_colours_by_score_and_darkens_dead_tokens():
+    trace = with_drops(grid_sample(4, 4))
+    s = trace.samples[0]
+    img = overlay.variation_heatmap(Image.new("RGB", (64, 64), WHITE), s, 2, size=64, alpha=1.0)
+    arr = np.asarray(img, dtype=float)
+    boxes = overlay.patch_boxes(s.layout, img.size)
+
+    def centre(i):
+        _, x0, y0, x1, y1 = boxes[i]
+        return arr[(y0 + y1) // 2, (x0 + x1) // 2].sum()
+
+    alive = s.scores[2]["index"]
+    assert centre(alive[-1]) > centre(alive[0])          # higher score -> brighter
+    dead = [i for i in range(16) if i not in alive]
+    assert dead and all(centre(i) < 400 for i in dead)  # white is 765
+    with pytest.raises(ValueError, match="layer 0"):
+        overlay.variation_heatmap(img, s, 0)
+
+
+def test_dropped_overlay_requires_a_drop_layer():
+    trace = with_drops(grid_sample(4, 4))
+    with pytest.raises(ValueError, match="not a drop layer"):
+        overlay.dropped_overlay(Image.new("RGB", (32, 32)), trace.samples[0], 2)
+
+
+def test_charts_carry_the_trace_numbers():
+    trace = with_drops(grid_sample(8, 8))
+    fig = charts.alive_chart(trace)
+    assert list(fig.data[1].y) == trace.samples[0].alive_per_layer
+    assert list(fig.data[0].y) == [64] * trace.num_layers
+    full = {"prefill_seconds": 0.2, "decode_seconds": 0.5, "tokens": 6, "decode_tokens_per_second": 10.0,
+            "peak_memory_bytes": 2**30, "kv_cache_bytes": 4096, "memory_kind": "process_rss"}
+    drop = {**full, "prefill_seconds": 0.1, "kv_cache_bytes": 2048}
+    perf = charts.performance_chart(full, drop)
+    assert len(perf.data) == 2 * len(charts.METRICS)
+    assert perf.data[0].y[0] == pytest.approx(200.0) and perf.data[1].y[0] == pytest.approx(100.0)
+    rows = charts.metrics_rows(full, drop)
+    assert rows[0][0].startswith("Prefill") and rows[0][3] == "-50.0 %"
+    kv = next(r for r in rows if r[0].startswith("KV"))
+    assert kv[1:3] == ["4", "2"]
+    ret = charts.retention_chart(trace.samples, bins=4)
+    assert len(ret.data[0].y) == 4 and all(0 <= v <= 100 for v in ret.data[0].y)
+
+
+def test_story_tells_the_run():
+    trace = with_drops(grid_sample(8, 8))
+    text = story.run_story(trace)
+    assert "layer **1**" in text and "layer **3**" in text
+    assert "kept 32, dropped 32" in text and "kept 8, dropped 24" in text
+    assert "most varying" in text
+    assert "keep_ratio" in story.how_it_works()
+    assert "cannot run" in story.schedule_text(None, error="bad")
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])
+def test_overlay_from_a_real_run(tiny, family):
+    """A real trace (dynamic-resolution / anyres models): every vision token is placed, and the
+    painted dropped area equals the trace's dropped tokens."""
+    model, processor = tiny(family)
+    image = tiny_models.image(3, (96, 64))
+    last = None
+    for last in stream_pair(model, processor, image, "what is in the image", [], [], "2:0.5,4:0.5",
+                            max_new_tokens=2):
+        pass
+    s = last.trace.samples[0]
+    assert s.layout is not None and len(s.layout.cells) == s.num_vision_tokens
+    white = Image.new("RGB", image.size, WHITE)
+    img = overlay.kept_overlay(white, s, 4, size=128)
+    offset = 18 if len(s.layout.grids) > 1 else 0
+    counts = classify(img.crop((0, offset, img.width, img.height)))
+    panel = overlay._panel_base(white, None, 128).size
+    now = [i for i in s.dropped_at(4) if s.layout.cells[i][1] >= 0]
+    assert counts["red"] == cell_area(s.layout, panel, now)
+    assert overlay.variation_heatmap(white, s, 3, size=128).size == img.size
