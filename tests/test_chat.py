@@ -199,3 +199,20 @@ def test_registry_loads_a_local_folder_and_evicts_lru(tmp_path):
     with pytest.raises(KeyError):
         registry.get(a.model_id)
     assert len(registry.loaded_ids()) == 2
+
+
+def test_stream_pair_survives_being_resumed_from_other_threads(tiny):
+    """Gradio resumes a streaming handler in whichever worker thread is free; grad mode is
+    thread-local, so every step must set inference mode itself."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, processor = tiny("llava")
+    gen = stream_pair(model, processor, tiny_models.image(7), "what is it", [], [], SCHEDULE, max_new_tokens=4)
+    events = []
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        while True:
+            event = pool.submit(lambda: next(gen, None)).result()
+            if event is None:
+                break
+            events.append(event)
+    assert events[-1].done and events[-1].trace is not None

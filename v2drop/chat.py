@@ -344,7 +344,8 @@ def stream_pair(
             if prefill and run is runs["full"]:
                 torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
-        out = model(**kwargs, cache=run.cache, use_cache=True, logits_to_keep=1)
+        with torch.inference_mode():  # per step: grad mode is thread-local and a streaming caller
+            out = model(**kwargs, cache=run.cache, use_cache=True, logits_to_keep=1)  # may resume us elsewhere
         token = int(out.logits[0, -1].argmax())
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -370,7 +371,7 @@ def stream_pair(
             run.done = True
             stats.done_seconds = time.perf_counter() - start
 
-    with torch.inference_mode(), apply(model, schedule, method, trace_all_layers=trace_all_layers) as session:
+    with apply(model, schedule, method, trace_all_layers=trace_all_layers) as session:
         vision_ids = session.vision_ids
         with session.paused():
             step(runs["full"], prefill=True)
