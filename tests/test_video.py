@@ -103,6 +103,17 @@ def test_decode_each_container(bar_videos, ext):
     assert meta["frames_indices"] == video.indices and meta["total_num_frames"] == N_BLOCKS
 
 
+@pytest.mark.parametrize("ext", [".mp4", ".webm", ".gif"])
+def test_seeking_equals_sequential_decoding(bar_videos, ext):
+    sequential = load_video(bar_videos[ext], num_frames=6, seek_after=None)
+    seeking = load_video(bar_videos[ext], num_frames=6, seek_after=0)
+    assert seeking.indices == sequential.indices
+    assert [bar_index(f) for f in seeking.frames] == seeking.indices
+    for a, b in zip(seeking.frames, sequential.frames):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert seeking.timestamps == pytest.approx(sequential.timestamps)
+
+
 def test_decode_short_video_bytes_and_file_object(bar_videos):
     data = bar_videos[".mp4"].read_bytes()
     from_bytes = load_video(data, num_frames=64)            # more frames asked than the video has
@@ -359,3 +370,22 @@ def test_one_pool_over_all_frames_and_layout(tiny, family):
     assert len(frames_kept) >= 2, "the kept tokens span several frames"
     per_frame = [sum(1 for i in sample.kept[2] if layout.cells[i][0] == f) for f in range(len(layout.grids))]
     assert sum(per_frame) == len(sample.kept[2])
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_onevision"])
+def test_real_video_processor_branch(tiny, family):
+    """With a video processor present (torchvision installed), video_inputs calls the processor
+    itself; here a stand-in plays the real one, checking the plumbing gives the same inputs."""
+    import copy
+
+    from v2drop.video_inputs import _stand_in
+    _, processor = tiny(family, "sdpa")
+    video = DecodedVideo(frames=frames_from(4, 4), timestamps=[0, 1, 2, 3], indices=[0, 8, 16, 24], total_frames=25,
+                         fps=8.0, duration=25 / 8, width=64, height=48)
+    with_video = copy.copy(processor)
+    with_video.video_processor = _stand_in(processor, None)
+    expected = video_inputs(processor, video, "what")
+    got = video_inputs(with_video, video, "what")
+    assert sorted(got.keys()) == sorted(expected.keys())
+    for key in expected:
+        assert torch.equal(torch.as_tensor(got[key]), torch.as_tensor(expected[key])), key

@@ -116,14 +116,16 @@ def load_video(
     limits: VideoLimits | None = None,
     max_side: int | None = None,
     name: str | None = None,
+    seek_after: int | None = 300,
 ) -> DecodedVideo:
     """Decode ``source`` (a path, the file's bytes, or a binary file object) and return
     ``num_frames`` frames sampled uniformly (all frames if the video has fewer).
 
     ``max_side`` shrinks frames whose longer side is larger (aspect kept), to bound memory;
     ``None`` keeps the decoded size (the processors resize anyway). ``name`` is used in error
-    messages (defaults to the file name). Raises ``ValueError`` for anything that is not a
-    readable, non-empty video within ``limits``.
+    messages (defaults to the file name). Videos of more than ``seek_after`` frames are read by
+    seeking to each sampled frame instead of decoding every frame (``None``: never seek).
+    Raises ``ValueError`` for anything that is not a readable, non-empty video within ``limits``.
     """
     import av  # imported here so that the rest of v2drop works without PyAV
 
@@ -135,7 +137,12 @@ def load_video(
         if total == 0:
             raise ValueError(f"{label} holds no video frames (the video stream is empty)")
         wanted = sample_indices(total, num_frames)
-        frames, timestamps, indices = _decode(av, opener, wanted, label, max_side)
+        decoded = None
+        if stream_info["frame_pts"] is not None and seek_after is not None and total > seek_after:
+            decoded = _decode_seeking(av, opener, wanted, stream_info["frame_pts"], label, max_side)
+        if decoded is None:
+            decoded = _decode(av, opener, wanted, label, max_side)
+        frames, timestamps, indices = decoded
     except ValueError:
         raise
     except MemoryError:
@@ -224,17 +231,21 @@ def _count_frames(av: Any, opener: _opener, label: str, limits: VideoLimits) -> 
         if limits.max_frames is not None and header_frames > limits.max_frames:
             raise ValueError(f"{label} has {header_frames} frames, over the {limits.max_frames} frame limit")
         count = 0
+        pts: list[int | None] = []
         for packet in container.demux(stream):
             if packet.size == 0 or packet.dts is None and packet.pts is None:
                 continue  # flush packets
             count += 1
+            pts.append(packet.pts)
             if limits.max_frames is not None and count > limits.max_frames:
                 raise ValueError(f"{label} has more than {limits.max_frames} frames, over the limit for videos")
         if duration is None and fps:
             duration = count / fps
             if limits.max_duration is not None and duration > limits.max_duration:
                 raise ValueError(f"{label} lasts {duration:.1f} s, over the {limits.max_duration:g} s limit for videos")
-        info = {"fps": fps, "duration": duration, "width": width, "height": height,
+        # presentation order: the i-th displayed frame has the i-th smallest packet pts
+        frame_pts = sorted(pts) if pts and None not in pts and len(set(pts)) == len(pts) else None
+        info = {"fps": fps, "duration": duration, "width": width, "height": height, "frame_pts": frame_pts,
                 "container": container.format.name if container.format else "", "codec": ctx.name or ""}
         return count, info
 
@@ -273,6 +284,36 @@ def _decode(av: Any, opener: _opener, wanted: list[int], label: str, max_side: i
     return frames, timestamps, indices
 
 
+def _decode_seeking(av: Any, opener: _opener, wanted: list[int], frame_pts: list[int], label: str,
+                    max_side: int | None):
+    """Seek to the keyframe before each wanted frame and decode up to it. Returns None when the
+    stream does not land on the expected timestamps (the caller then decodes sequentially)."""
+    frames: list[Image.Image] = []
+    timestamps: list[float] = []
+    with opener.open(av) as container:
+        stream = _video_stream(container, label)
+        stream.thread_type = "AUTO"
+        rate = float(stream.average_rate or 0) or 24.0
+        for index in wanted:
+            target = frame_pts[index]
+            try:
+                container.seek(target, stream=stream, backward=True, any_frame=False)
+            except av.error.FFmpegError:
+                return None
+            found = None
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    return None
+                if frame.pts >= target:
+                    found = frame if frame.pts == target else None
+                    break
+            if found is None:
+                return None
+            frames.append(_to_rgb(found, max_side))
+            timestamps.append(_time(found, index, rate))
+    return frames, timestamps, list(wanted)
+
+
 def _time(frame: Any, index: int, rate: float) -> float:
     return float(frame.time) if frame.time is not None else index / rate
 
@@ -302,7 +343,7 @@ _CODECS = {".mp4": ("libx264", "yuv420p"), ".mov": ("libx264", "yuv420p"), ".m4v
 
 
 def write_video(path: str | os.PathLike, frames: Iterable[Image.Image | np.ndarray], fps: int = 8,
-                quality: str | None = None) -> Path:
+                quality: str | None = None, preset: str = "medium") -> Path:
     """Encode RGB frames into ``path``; the container and codec follow the extension
     (mp4/mov/mkv: H.264, webm: VP8, gif: GIF, avi: MPEG-4). Sizes are made even for yuv420p."""
     import av
@@ -324,7 +365,7 @@ def write_video(path: str | os.PathLike, frames: Iterable[Image.Image | np.ndarr
         stream = container.add_stream(codec, rate=Fraction(fps))
         stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
         if codec == "libx264":
-            stream.options = {"crf": quality or "28", "preset": "veryslow"}
+            stream.options = {"crf": quality or "28", "preset": preset}
         elif codec == "libvpx":
             stream.options = {"crf": quality or "30", "b": "200k"}
         for array in arrays:
@@ -407,7 +448,7 @@ def make_examples(folder: str | os.PathLike = "assets/videos", fps: int = 8) -> 
     written = []
     notes = {}
     for name, (build, description, question) in EXAMPLES.items():
-        written.append(write_video(folder / name, build(), fps=fps))
+        written.append(write_video(folder / name, build(), fps=fps, preset="veryslow"))
         notes[name] = {"description": description, "question": question}
     (folder / "examples.json").write_text(json.dumps(notes, indent=2) + "\n")
     return written
