@@ -17,6 +17,7 @@ import os
 import sys
 import tempfile
 import threading
+import time
 import traceback
 import uuid
 from pathlib import Path
@@ -52,6 +53,7 @@ TRACE_DIR = Path(tempfile.gettempdir()) / "v2drop-studio"
 MAX_FILE_SIZE = "15mb"
 MAX_NEW_TOKENS = int(os.environ.get("V2DROP_MAX_NEW_TOKENS", "48"))
 REGISTRY = ModelRegistry(max_extra=int(os.environ.get("V2DROP_MAX_MODELS", "1")))
+STREAM_INTERVAL = 0.08  # seconds between streamed chat updates
 MODEL_LOCK = threading.Lock()  # belt and braces: the queue already runs one model job at a time
 
 
@@ -243,13 +245,18 @@ def chat(question: str, image_file: str | None, state: dict):
     turns_full, turns_drop = list(state["turns_full"]), list(state["turns_drop"])
     yield (_messages(turns_full, (question, "")), _messages(turns_drop, (question, "")),
            _notice("Generating (unpruned and V²Drop, interleaved)…"), state, "") + skip
-    event = None
+    event, last_yield = None, 0.0
     try:
         with MODEL_LOCK:
             for event in stream_pair(entry.model, entry.processor, image, question, turns_full, turns_drop,
                                      schedule, max_new_tokens=MAX_NEW_TOKENS):
                 if event.trace is not None:  # the final event
                     break
+                now = time.monotonic()
+                first = (event.full.tokens, event.drop.tokens) in ((1, 0), (1, 1))  # first tokens: show at once
+                if not first and now - last_yield < STREAM_INTERVAL:
+                    continue  # coalesce updates: each one costs a round trip to every browser
+                last_yield = now
                 yield (_messages(turns_full, (question, event.full_text)),
                        _messages(turns_drop, (question, event.drop_text)), gr.skip(), state, gr.skip()) + skip
     except Exception as err:  # noqa: BLE001 - the page gets a message, the log the traceback
@@ -323,6 +330,14 @@ def on_play(label: str, layer: float, state: dict):
         return gr.skip(), gr.Timer(active=False), "▶ Play"
     last = state["trace"]["num_layers"] - 1
     return (0 if int(layer) >= last else gr.skip()), gr.Timer(active=True), "⏸ Pause"
+
+
+def on_example(state: dict, evt: gr.SelectData):
+    """A gallery click: put the example image in the upload box (which starts a new chat) and its
+    question in the text box."""
+    shown = [(f, q) for f, q in EXAMPLES if (EXAMPLES_DIR / f).exists()]
+    name, question = shown[evt.index]
+    return str(EXAMPLES_DIR / name), question
 
 
 def on_clear(state: dict):
@@ -407,7 +422,7 @@ def build_demo() -> gr.Blocks:
                             drop_dd = gr.Dropdown(label="Which patches went at drop layer…", choices=[],
                                                   scale=1)
                             dropped_img = gr.Image(label="Dropped at that layer (red)", interactive=False, scale=2,
-                                                   format="png")
+                                                   format="png", height=360)
                     with gr.Tab("Performance"):
                         perf_plot = gr.Plot(label="Latency and memory", elem_id="perf-chart")
                         alive_plot = gr.Plot(label="Vision tokens alive per layer", elem_id="alive-chart")
@@ -416,9 +431,10 @@ def build_demo() -> gr.Blocks:
                         trace_file = gr.File(label="This run's trace (JSON)", interactive=False)
                     with gr.Tab("How it works"):
                         story_md = gr.Markdown(story.how_it_works(), elem_id="story")
-                gr.Examples([[str(EXAMPLES_DIR / f), q] for f, q in EXAMPLES if (EXAMPLES_DIR / f).exists()],
-                            inputs=[image_file, question], label="Example gallery (shapes: embedded model; "
-                            "photos: hub models)", examples_per_page=8)
+                examples = [(str(EXAMPLES_DIR / f), q) for f, q in EXAMPLES if (EXAMPLES_DIR / f).exists()]
+                gallery = gr.Gallery([(f, q) for f, q in examples], label="Example gallery: click one (shapes "
+                                     "scenes suit the embedded model; photos suit hub models)", columns=8, height=170,
+                                     allow_preview=False, elem_id="gallery")
         timer = gr.Timer(0.9, active=False)
 
         visual_outputs = [layer_sl, drop_dd, kept_img, heat_img, dropped_img, perf_plot, alive_plot, table,
@@ -439,6 +455,7 @@ def build_demo() -> gr.Blocks:
                         trigger_mode="always_last")
         drop_dd.input(on_drop_layer, [drop_dd, state], [dropped_img], api_visibility="private")
         play.click(on_play, [play, layer_sl, state], [layer_sl, timer, play], api_visibility="private")
+        gallery.select(on_example, [state], [image_file, question], api_visibility="private")
         timer.tick(on_tick, [layer_sl, state], [layer_sl, timer, play], api_visibility="private")
     demo.queue(default_concurrency_limit=4, max_size=64)
     return demo

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .compat import kv_cache_bytes
 from .engine import apply
 from .schedule import PRESETS, DropSchedule
 from .trace import Trace
@@ -363,10 +364,7 @@ def stream_pair(
         if peak is not None:
             stats.peak_memory_bytes = max(stats.peak_memory_bytes or 0, peak)
             stats.memory_kind = kind
-        cache = out.past_key_values if getattr(out, "past_key_values", None) is not None else run.cache
-        run.cache = cache
-        from .compat import kv_cache_bytes
-        stats.kv_cache_bytes = kv_cache_bytes(cache)
+        stats.kv_cache_bytes = kv_cache_bytes(run.cache)  # the DynamicCache we passed, filled in place
         if token in eos or len(run.ids) >= max_new_tokens:
             run.done = True
             stats.done_seconds = time.perf_counter() - start
