@@ -118,6 +118,9 @@ def test_decode_short_video_bytes_and_file_object(bar_videos):
     data = bar_videos[".mp4"].read_bytes()
     from_bytes = load_video(data, num_frames=64)            # more frames asked than the video has
     assert from_bytes.indices == list(range(N_BLOCKS))
+    still = write_video(bar_videos[".gif"].with_name("still.gif"), bar_frames()[:1])
+    one = load_video(still, num_frames=8)
+    assert len(one) == 1 and one.indices == [0] and one.total_frames == 1
     from_file = load_video(io.BytesIO(data), num_frames=3, max_side=40)
     assert [bar_index(f) for f in from_file.frames] == [0, 10, 19]
     assert max(from_file.frames[0].size) == 40
