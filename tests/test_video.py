@@ -392,3 +392,20 @@ def test_real_video_processor_branch(tiny, family):
     assert sorted(got.keys()) == sorted(expected.keys())
     for key in expected:
         assert torch.equal(torch.as_tensor(got[key]), torch.as_tensor(expected[key])), key
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_qwen_image_layout_under_generate(tiny, family):
+    """generate() drops image_grid_thw from the forward's kwargs: the layout then comes from the
+    M-RoPE ids and must equal the grid-based one of a plain forward (images too, padded batch)."""
+    model, processor = tiny(family, "sdpa")
+    inputs = tm.inputs(processor, [tm.image(1, (64, 64)), tm.image(2, (64, 64))], ["what", "how many red shape are there"])
+    with v2drop.apply(model, SCHEDULE) as run:
+        model.generate(**inputs, **GEN)
+        generated = [s.layout for s in run.trace.samples]
+        with torch.no_grad():
+            model(**inputs)
+        forward = [s.layout for s in run.trace.samples]
+    assert generated[0] is not None and generated == forward
+    t, h, w = inputs["image_grid_thw"][0].tolist()
+    assert generated[1].grids == [(h // 2, w // 2)] and generated[1].kinds == ["image"]
