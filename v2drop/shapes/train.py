@@ -9,6 +9,17 @@ Each training sequence is one scene with 1-6 question/answer turns (multi-turn c
 the image only in the first user turn, before the question).  The loss is on answer
 tokens (+ their ``<|end|>``) only.  AdamW, linear warmup + cosine decay, all weights
 (vision tower, projector, decoder) trained from scratch.
+
+Two-stage curriculum (a pure training aid; the shipped model is a stock LLaVA):
+
+1. ``--vision-steps`` steps of dense patch supervision: the vision tower + projector
+   predict, for each of the 256 patches, the shape and colour of the object covering it
+   and whether it holds an object's centre (a throw-away linear head, ``AuxHead``).  This
+   is ~10x cheaper per image than the full model and gives the LLM linearly readable
+   patch features from the start (without it the from-scratch model sat at chance for
+   400+ steps).
+2. ``--steps`` steps of full LLaVA training on the multi-turn QA sequences, keeping the
+   patch loss with weight ``--aux-weight`` (on the projector output, via a hook).
 """
 
 from __future__ import annotations
@@ -26,6 +37,53 @@ from . import scenes
 from .model import NUM_VISION_TOKENS, build_model, build_processor
 
 VAL_SEED = 55555  # small validation stream (neither the training nor the benchmark seed)
+VISION_SEED_OFFSET = 100_000  # stage-1 scenes come from stream data_seed + this
+GRID = 16  # 16x16 patches of 8 px
+
+
+def patch_labels(objects):
+    """Per-patch (shape, colour, is-centre) labels; 0 = background (approximate masks)."""
+    shape_l = np.zeros(GRID * GRID, dtype=np.int64)
+    color_l = np.zeros(GRID * GRID, dtype=np.int64)
+    centre = np.zeros(GRID * GRID, dtype=np.int64)
+    c = (np.arange(GRID) * 8 + 3.5)
+    xx, yy = np.meshgrid(c, c)  # row-major like the patch sequence
+    xx, yy = xx.ravel(), yy.ravel()
+    for o in objects:
+        dx, dy = xx - o.x, yy - o.y
+        if o.shape == "circle":
+            inside = np.hypot(dx, dy) < 0.92 * o.r
+        elif o.shape == "square":
+            inside = np.maximum(abs(dx), abs(dy)) < 0.85 * o.r
+        else:
+            inside = np.hypot(dx, dy) < 0.55 * o.r
+        shape_l[inside] = 1 + scenes.SHAPES.index(o.shape)
+        color_l[inside] = 1 + scenes.COLOR_NAMES.index(o.color)
+        centre[min(GRID - 1, int(o.y // 8)) * GRID + min(GRID - 1, int(o.x // 8))] = 1
+    return shape_l, color_l, centre
+
+
+class AuxHead(torch.nn.Module):
+    """Throw-away linear probe on the projected patch features (training aid only)."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.n_shape, self.n_color = 1 + len(scenes.SHAPES), 1 + len(scenes.COLOR_NAMES)
+        self.proj = torch.nn.Linear(dim, self.n_shape + self.n_color + 2)
+        self.register_buffer("centre_w", torch.tensor([1.0, 8.0]))
+
+    def loss(self, feats, labels):
+        shape_l, color_l, centre = labels
+        z = self.proj(feats).flatten(0, 1)
+        a, b = self.n_shape, self.n_shape + self.n_color
+        return (torch.nn.functional.cross_entropy(z[:, :a], shape_l.flatten())
+                + torch.nn.functional.cross_entropy(z[:, a:b], color_l.flatten())
+                + torch.nn.functional.cross_entropy(z[:, b:], centre.flatten(), weight=self.centre_w))
+
+
+def batch_patch_labels(samples, device):
+    labs = [patch_labels(s.objects) for s in samples]
+    return tuple(torch.from_numpy(np.stack([lab[k] for lab in labs])).to(device) for k in range(3))
 
 
 def pixel_values_from_images(images) -> torch.Tensor:
@@ -123,11 +181,15 @@ def lr_at(step, total, base, warmup, final_frac=0.05):
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Train the embedded Shapes LLaVA model.")
     ap.add_argument("--out", default=None, help="output folder (default: assets/shapes-llava)")
-    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-turns", type=int, default=6, help="question/answer turns per scene (1..N)")
-    ap.add_argument("--lr", type=float, default=1.5e-3)
-    ap.add_argument("--warmup", type=int, default=150)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--vision-steps", type=int, default=100, help="stage-1 patch-supervision steps")
+    ap.add_argument("--vision-batch-size", type=int, default=32)
+    ap.add_argument("--vision-lr", type=float, default=2e-3)
+    ap.add_argument("--aux-weight", type=float, default=0.3, help="patch loss weight in stage 2")
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0, help="model init seed")
     ap.add_argument("--data-seed", type=int, default=scenes.TRAIN_SEED)
@@ -151,19 +213,55 @@ def main(argv=None):
     enc = Encoder(tok)
     model = build_model(seed=args.seed, tokenizer=tok).to(device)
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
+    torch.manual_seed(args.seed + 1)
+    aux = AuxHead(model.config.text_config.hidden_size).to(device)
+    captured = {}
+    hook = model.model.multi_modal_projector.register_forward_hook(
+        lambda mod, inp, out: captured.__setitem__("feats", out))
+
+    def param_groups(params):
+        params = list(params)
+        return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": args.weight_decay},
+                {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+
+    opt = torch.optim.AdamW(param_groups(list(model.parameters()) + list(aux.parameters())),
                             lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
     start = 0
     ckpt_path = os.path.join(args.ckpt_dir, "last.pt")
+    os.makedirs(args.ckpt_dir, exist_ok=True)
     if args.resume and os.path.exists(ckpt_path):
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         model.load_state_dict(ck["model"])
+        aux.load_state_dict(ck["aux"])
         opt.load_state_dict(ck["opt"])
         start = ck["step"]
         print(f"resumed from {ckpt_path} at step {start}", flush=True)
+    elif args.vision_steps > 0 and not args.bench_steps:
+        t1 = time.time()
+        vparams = (list(model.model.vision_tower.parameters())
+                   + list(model.model.multi_modal_projector.parameters()) + list(aux.parameters()))
+        vopt = torch.optim.AdamW(param_groups(vparams), lr=args.vision_lr, betas=(0.9, 0.98))
+        vema = None
+        for vstep in range(args.vision_steps):
+            for g in vopt.param_groups:
+                g["lr"] = lr_at(vstep, args.vision_steps, args.vision_lr, 30)
+            samples = [scenes.sample(args.data_seed + VISION_SEED_OFFSET, vstep * args.vision_batch_size + j,
+                                     balanced=False) for j in range(args.vision_batch_size)]
+            pix = pixel_values_from_images([s.image for s in samples]).to(device)
+            model.model.get_image_features(pix, vision_feature_layer=-1, vision_feature_select_strategy="full")
+            loss = aux.loss(captured.pop("feats"), batch_patch_labels(samples, device))
+            vopt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vparams, 1.0)
+            vopt.step()
+            vema = loss.item() if vema is None else 0.95 * vema + 0.05 * loss.item()
+            if (vstep + 1) % 25 == 0:
+                print(f"stage 1 step {vstep + 1}/{args.vision_steps} patch loss {vema:.4f} "
+                      f"elapsed {(time.time() - t1) / 60:.1f} min", flush=True)
+        del vopt
+        torch.save({"model": model.state_dict(), "aux": aux.state_dict(), "opt": opt.state_dict(), "step": 0,
+                    "args": vars(args)}, ckpt_path)
+        print(f"stage 1 done in {(time.time() - t1) / 60:.1f} min", flush=True)
     val = [scenes.sample(VAL_SEED, i) for i in range(128)]
     n_params = sum(p.numel() for p in model.parameters())
     print(f"params {n_params / 1e6:.2f}M, steps {args.steps}, batch {args.batch_size}, "
@@ -177,13 +275,15 @@ def main(argv=None):
     total_steps = args.bench_steps if args.bench_steps else args.steps
     t0 = last_ck = time.time()
     ema = None
-    os.makedirs(args.ckpt_dir, exist_ok=True)
     for step in range(start, total_steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
         samples = train_samples(args.data_seed, step, args.batch_size, args.max_turns)
         batch = {k: v.to(device) for k, v in make_batch(enc, samples, args.max_turns).items()}
         loss = model(**batch).loss
+        if args.aux_weight > 0:
+            loss = loss + args.aux_weight * aux.loss(captured.pop("feats"), batch_patch_labels(samples, device))
+        captured.clear()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -202,7 +302,8 @@ def main(argv=None):
             acc = quick_val(model, enc, val, device)
             print(f"\nstep {step + 1} val " + " ".join(f"{k}={v:.3f}" for k, v in acc.items()), flush=True)
         if time.time() - last_ck > args.ckpt_minutes * 60:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1,
+            torch.save({"model": model.state_dict(), "aux": aux.state_dict(), "opt": opt.state_dict(),
+                        "step": step + 1,
                         "args": vars(args)}, ckpt_path + ".tmp")
             os.replace(ckpt_path + ".tmp", ckpt_path)
             last_ck = time.time()
@@ -212,6 +313,7 @@ def main(argv=None):
     print(f"training wall time {wall / 60:.1f} min", flush=True)
     if args.bench_steps:
         return
+    hook.remove()
     model.eval()
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir)
