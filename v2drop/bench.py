@@ -221,22 +221,33 @@ def _median(values: list) -> float | None:
     return statistics.median(values) if values else None
 
 
-def load_model(name: str, device: str = "cpu", shapes_random: bool = False):
+def _load_shapes(device: str, shapes_random: bool, weights: str | None):
+    from .shapes import model as shapes_model
+
+    if weights and os.path.isfile(weights):  # a training checkpoint (torch.save dict with "model")
+        model, processor = shapes_model.build_model(seed=0), shapes_model.build_processor()
+        state = torch.load(weights, map_location="cpu", weights_only=False)
+        model.load_state_dict(state.get("model", state))
+        step = state.get("step", "?") if isinstance(state, dict) else "?"
+        return model.to(device).eval(), processor, f"checkpoint {weights} (step {step})"
+    try:
+        if shapes_random:
+            raise FileNotFoundError("random weights requested")
+        model, processor = shapes_model.load_default(device, model_dir=weights)
+        return model, processor, f"trained ({weights or 'assets/shapes-llava'})"
+    except FileNotFoundError:
+        model, processor = shapes_model.build_model(seed=0), shapes_model.build_processor()
+        return model.to(device).eval(), processor, "RANDOM (no trained weights found)"
+
+
+def load_model(name: str, device: str = "cpu", shapes_random: bool = False, shapes_weights: str | None = None):
     """(model, processor or None, inputs, info) for a ``--model`` name."""
     if name == "shapes":
         from .shapes import evaluate as shapes_eval
         from .shapes import model as shapes_model
         from .shapes import scenes
 
-        try:
-            if shapes_random:
-                raise FileNotFoundError("random weights requested")
-            model, processor = shapes_model.load_default(device)
-            weights = "trained (assets/shapes-llava)"
-        except FileNotFoundError:
-            model, processor = shapes_model.build_model(seed=0), shapes_model.build_processor()
-            model = model.to(device).eval()
-            weights = "RANDOM (no trained weights found)"
+        model, processor, weights = _load_shapes(device, shapes_random, shapes_weights)
         sample = scenes.benchmark(1)[0]
         inputs = shapes_eval.build_inputs(processor, [sample.image], [sample.question]).to(device)
         n_vis = shapes_model.NUM_VISION_TOKENS
@@ -306,7 +317,9 @@ def run_speed(model, inputs, info: dict, methods: list[str], schedules: dict[str
     for r in rows:
         r["budget_share"] = r["avg_kept"] / info["num_vision_tokens"]
         r["predicted_speedup"] = 1.0 / r["flops_ratio"] if r["flops_ratio"] else None
-        r["measured_speedup"] = base["prefill_s"] / r["prefill_s"] if base and r["prefill_s"] else None
+        # paired: the ratio within each round (same machine state), then the median over rounds
+        r["measured_speedup"] = (_median([b / m for b, m in zip(base["prefill_runs_s"], r["prefill_runs_s"])])
+                                 if base else None)
         r["measured_over_predicted"] = (r["measured_speedup"] / r["predicted_speedup"]
                                         if r["measured_speedup"] and r["predicted_speedup"] else None)
         r["scoring_share_of_prefill"] = (r["scoring_s"] / r["engine_prefill_s"]
@@ -428,6 +441,29 @@ def accuracy_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def bias_table(bias: dict) -> str:
+    """Per budget and method: retention in the first and last quarter of the vision-token index
+    (first drop layer and layer-averaged), and their ratio (1 = no positional bias)."""
+    head = ["budget", "method", "first drop layer", "kept first 25 % (first drop)", "kept last 25 % (first drop)",
+            "last / first", "layer-avg first 25 %", "layer-avg last 25 %", "last / first (layer-avg)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def quarter(values: list, last: bool) -> float | None:
+        values = [v for v in values if v is not None]
+        q = max(1, len(values) // 4)
+        part = values[-q:] if last else values[:q]
+        return sum(part) / len(part) if part else None
+
+    for budget, methods in bias.items():
+        for method, res in methods.items():
+            cells = [budget, method, str(res["first_drop_layer"])]
+            for key in ("retention_first_drop", "retention_layer_averaged"):
+                lo, hi = quarter(res[key], False), quarter(res[key], True)
+                cells += [_f(lo, ".3f"), _f(hi, ".3f"), _f(hi / lo if lo else None, ".2f")]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def speed_chart(rows: list[dict], info: dict, path: Path) -> None:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -510,6 +546,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--bins", type=int, default=16)
     ap.add_argument("--shapes-random", action="store_true", help="shapes with random weights (tests)")
+    ap.add_argument("--shapes-weights", default=None,
+                    help="shapes model folder, or a training checkpoint .pt (default: assets/shapes-llava)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("V2DROP_BENCH_THREADS", "2")))
     ap.add_argument("--out", default="results/bench")
@@ -519,7 +557,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     log = lambda msg: print(msg, flush=True)  # noqa: E731
 
-    model, processor, inputs, info = load_model(args.model, args.device, args.shapes_random)
+    model, processor, inputs, info = load_model(args.model, args.device, args.shapes_random, args.shapes_weights)
     info.update(device=args.device, threads=args.threads, torch=torch.__version__, dtype="float32",
                 command="python -m v2drop.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
                 malloc_mmap_threshold=os.environ.get(MMAP_ENV))
@@ -551,7 +589,10 @@ def main(argv: list[str] | None = None) -> dict:
         (out / f"accuracy-{args.model}.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1))
         (out / f"bias-{args.model}.json").write_text(json.dumps({"info": info, "bias": bias}, indent=1))
         bias_chart(bias, info, out / f"bias-{args.model}.html")
-        report += [f"Accuracy on {args.n} held-out questions (weights: {info.get('weights')}):", "", table, ""]
+        btable = bias_table(bias)
+        log(btable)
+        report += [f"Accuracy on {args.n} held-out questions (weights: {info.get('weights')}):", "", table, "",
+                   "Positional bias (retention by vision-token index quarter):", "", btable, ""]
     (out / f"report-{args.model}.md").write_text("\n".join(report))
     log(f"wrote {out}/")
     return result
