@@ -240,3 +240,19 @@ def test_paused_session_continues_its_own_sequence(tiny):
         with run.paused():
             assert torch.equal(model.generate(**inputs, **GEN), full)
         assert torch.equal(model.generate(**inputs, **GEN), pruned)
+
+
+def test_llava_next_layout_of_wide_image(tiny):
+    """A wide image gets a wide crop grid (rows * (cols + 1) tokens), under generate() too."""
+    model, processor = tiny("llava_next", "sdpa")
+    inputs = tm.inputs(processor, [tm.image(3, (64, 32))], ["what"])
+    with v2drop.apply(model, SCHEDULE) as run:
+        model.generate(**inputs, max_new_tokens=2, do_sample=False)
+        guessed = run.trace.samples[0].layout
+        run.relayout(inputs)
+    layout = run.trace.samples[0].layout
+    assert layout.kinds == ["base", "crop"] and layout.grids[0] == (4, 4)
+    rows, cols = layout.grids[1]
+    assert cols > rows, layout.grids
+    assert len(layout.cells) == run.trace.samples[0].num_vision_tokens
+    assert guessed.grids == layout.grids

@@ -118,7 +118,7 @@ class LlavaNextAdapter(ModelAdapter):
                 cells.append((f, -1, -1))
             elif rest > 0:
                 size = sizes[image_counter] if sizes is not None and image_counter < len(sizes) else None
-                shape = _newline_grid(rest, size)
+                shape = _newline_grid(rest, size, self._crop_grids(side))
                 if shape is None:
                     return None
                 rows, cols = shape
@@ -128,6 +128,13 @@ class LlavaNextAdapter(ModelAdapter):
                     cells += [(f, r, c) for c in range(cols)] + [(f, -1, -1)]
             image_counter += 1
         return PatchLayout(cells, grids, kinds)
+
+
+    def _crop_grids(self, side: int) -> list[tuple[int, int]]:
+        """Token grids of the padded crop canvases the processor may choose (rows, cols)."""
+        size = int(self.config.vision_config.image_size)
+        pinpoints = getattr(self.config, "image_grid_pinpoints", None) or []
+        return [(int(h) // size * side, int(w) // size * side) for h, w in pinpoints]
 
 
 class Qwen2VLAdapter(ModelAdapter):
@@ -252,9 +259,12 @@ def _as_rows(grid: Any) -> list[tuple[int, int, int]]:
     return [tuple(int(v) for v in row) for row in torch.as_tensor(grid).tolist()]
 
 
-def _newline_grid(count: int, image_size: Any) -> tuple[int, int] | None:
+def _newline_grid(count: int, image_size: Any, canvases: Sequence[tuple[int, int]] = ()) -> tuple[int, int] | None:
     """Rows/cols of an un-padded crop grid with one newline per row: ``rows * (cols + 1) = count``.
-    Among the factorisations, take the one whose aspect ratio best matches the image."""
+
+    With the image size known, take the factorisation whose aspect ratio matches the image. Without
+    it (``generate()`` does not pass ``image_sizes`` on), prefer one that fills a crop canvas along
+    one axis, since un-padding only trims the other axis; else the squarest."""
     aspect = None
     if image_size is not None:
         h, w = (float(v) for v in torch.as_tensor(image_size).tolist()[:2])
@@ -266,7 +276,11 @@ def _newline_grid(count: int, image_size: Any) -> tuple[int, int] | None:
         cols = count // rows - 1
         if cols < 1:
             continue
-        err = abs(math.log((cols / rows) / aspect)) if aspect else abs(cols - rows)
+        if aspect:
+            err = abs(math.log((cols / rows) / aspect))
+        else:
+            fills = any((rows == ch and cols <= cw) or (cols == cw and rows <= ch) for ch, cw in canvases)
+            err = (0 if fills else 1000) + abs(cols - rows)
         if err < best_err:
             best, best_err = (rows, cols), err
     return best

@@ -149,6 +149,16 @@ class DropSession:
         finally:
             self.install()
 
+    def relayout(self, inputs: dict[str, Any]) -> None:
+        """Recompute each sample's patch layout from the processor's full output. ``generate()``
+        encodes the pixels itself and does not pass ``image_sizes`` / grids to the forward pass,
+        so layouts that depend on them (LLaVA-NeXT/OneVision crops) can otherwise be guessed."""
+        input_ids = inputs["input_ids"]
+        for b, sample in enumerate(self.trace.samples[: input_ids.shape[0]]):
+            layout = self.adapter.layout(input_ids, b, dict(inputs))
+            if layout is not None:
+                sample.layout = layout
+
     def reset_trace(self) -> None:
         self.trace = Trace(method=self.trace.method, schedule=self.trace.schedule, num_layers=self.num_layers)
 
