@@ -441,8 +441,9 @@ def build_demo() -> gr.Blocks:
                           retention_plot, story_md, trace_file]
         chat_outputs = [chat_full, chat_drop, notice, state, question] + visual_outputs
         model_job = dict(concurrency_limit=1, concurrency_id="model")
-        send.click(chat, [question, image_file, state], chat_outputs, api_name="chat", **model_job)
-        question.submit(chat, [question, image_file, state], chat_outputs, api_visibility="private", **model_job)
+        # one event for both triggers, so a second click/Enter while this session's turn runs is ignored
+        gr.on([send.click, question.submit], chat, [question, image_file, state], chat_outputs, api_name="chat",
+              trigger_mode="once", **model_job)
         clear.click(on_clear, [state], [chat_full, chat_drop, notice, state], api_name="clear")
         image_file.change(on_image, [image_file, state], [preview, chat_full, chat_drop, notice, state],
                           api_name="set_image")

@@ -51,16 +51,12 @@ def test_upload_ask_and_see_both_answers_heatmap_and_charts(page, server):
     page.locator("#send").click()
     page.wait_for_function("() => document.querySelector('#notice')?.innerText.includes('Done with')",
                            timeout=120_000)
-    for pane in ("#chat-full", "#chat-drop"):
+    for pane in ("#chat-full", "#chat-drop"):  # the question and an answer bubble in both panes
+        page.wait_for_function(f"() => document.querySelectorAll('{pane} .message').length >= 2")
         text = page.locator(pane).inner_text()
         assert "what color is the star ?" in text, (pane, text)
-        bubbles = page.locator(f"{pane} .message").count()
-        assert bubbles >= 2, (pane, bubbles, text)
-    heat = page.locator("#heatmap img")
-    heat.wait_for()
-    assert heat.evaluate("img => img.naturalWidth") > 100
-    kept = page.locator("#kept-overlay img")
-    assert kept.evaluate("img => img.naturalWidth") > 100
+    for image in ("#heatmap img", "#kept-overlay img"):  # overlays drawn and loaded
+        page.wait_for_function(f"() => (document.querySelector('{image}')?.naturalWidth || 0) > 100")
     page.screenshot(path=str(SHOTS / "screenshot.png"), full_page=True)
 
     page.get_by_role("tab", name="Performance").click()
@@ -69,3 +65,8 @@ def test_upload_ask_and_see_both_answers_heatmap_and_charts(page, server):
     assert page.locator("#alive-chart .js-plotly-plot, #alive-chart .plot-container").count() >= 1
     page.screenshot(path=str(SHOTS / "screenshot-performance.png"), full_page=True)
     assert "Traceback" not in page.content()
+
+    # the example gallery fills the image and the question, and starts a new chat
+    page.locator("#gallery img").nth(1).click()
+    page.wait_for_function("() => document.querySelector('#question textarea')?.value.includes('how many squares')")
+    page.wait_for_function("() => document.querySelector('#notice')?.innerText.includes('New image')")
