@@ -241,17 +241,20 @@ def _side_ok(axis, side):
     return (lambda x, y: y <= lo) if side == "top" else (lambda x, y: y >= hi)
 
 
-def _scene_for(rng, qtype, balance=None):
-    """Build the object list and the primary (question, answer) for ``qtype``."""
+def _scene_for(rng, qtype, balance=None, max_others=None):
+    """Build the object list and the primary (question, answer) for ``qtype``.
+    ``max_others`` caps the number of objects besides the ones the question needs
+    (training curriculum; ``None`` = no cap)."""
+    cap = (lambda n: n) if max_others is None else (lambda n: min(n, max_others))
     if qtype == "color":
         s, c = _pick(rng, SHAPES), _pick(rng, COLOR_NAMES)
-        n_other = int(rng.integers(2, 6))
+        n_other = cap(int(rng.integers(2, 6)))
         specs = [(s, c)] + _distractors(rng, n_other, lambda s2, c2: s2 == s)
         return specs, None, f"what color is the {s} ?", c
     if qtype == "count":
         s = _pick(rng, SHAPES)
         k = int(rng.integers(1, 5)) if balance is None else 1 + balance % 4
-        n_other = int(rng.integers(max(0, 3 - k), 7 - k + 1))
+        n_other = cap(int(rng.integers(max(0, 3 - k), 7 - k + 1)))
         specs = [(s, _pick(rng, COLOR_NAMES)) for _ in range(k)]
         specs += _distractors(rng, n_other, lambda s2, c2: s2 == s)
         return specs, None, f"how many {PLURAL[s]} are there ?", COUNT_WORDS[k]
@@ -260,7 +263,7 @@ def _scene_for(rng, qtype, balance=None):
         axis = "x" if rng.random() < 0.5 else "y"
         opts = ("left", "right") if axis == "x" else ("top", "bottom")
         side = _pick(rng, opts)
-        n_other = int(rng.integers(2, 6))
+        n_other = cap(int(rng.integers(2, 6)))
         specs = [(s, c)] + _distractors(rng, n_other, lambda s2, c2: (s2, c2) == (s, c))
         a, b = opts if rng.random() < 0.5 else opts[::-1]
         q = (f"is the {c} {s} on the {a} or the {b} ?" if axis == "x"
@@ -277,6 +280,8 @@ def _scene_for(rng, qtype, balance=None):
         if rng.random() < 0.75:  # same colour, other shape
             hard.append((_pick(rng, [x for x in SHAPES if x != s]), c))
         specs += hard + _distractors(rng, max(0, n_other - len(hard)), lambda s2, c2: (s2, c2) == (s, c))
+        if max_others is not None:
+            specs = specs[: max(1, (1 if yes else 0) + max_others)]
         order = rng.permutation(len(specs))
         specs = [specs[i] for i in order]
         return specs, None, f"is there {_article(c)} {c} {s} ?", "yes" if yes else "no"
@@ -317,11 +322,12 @@ def derived_questions(objects, rng):
     return qs
 
 
-def make_sample(rng: np.random.Generator, qtype: str, n_extra: int = 0, balance: int | None = None) -> Sample:
+def make_sample(rng: np.random.Generator, qtype: str, n_extra: int = 0, balance: int | None = None,
+                max_others: int | None = None) -> Sample:
     """One scene built for a primary question of ``qtype`` (+ ``n_extra`` derived questions).
     ``balance`` (an int) cycles the count answer / the exist yes-no answer deterministically."""
     while True:
-        specs, cons, q, a = _scene_for(rng, qtype, balance)
+        specs, cons, q, a = _scene_for(rng, qtype, balance, max_others)
         objs = _place(rng, specs, cons)
         if objs is not None:
             break
@@ -336,14 +342,15 @@ def make_sample(rng: np.random.Generator, qtype: str, n_extra: int = 0, balance:
     return Sample(img, q, a, qtype, objs, extra)
 
 
-def sample(seed: int, index: int, qtype: str | None = None, n_extra: int = 0, balanced: bool = True) -> Sample:
+def sample(seed: int, index: int, qtype: str | None = None, n_extra: int = 0, balanced: bool = True,
+           max_others: int | None = None) -> Sample:
     """The ``index``-th sample of the stream ``seed``.  Types go round-robin unless given;
     with ``balanced`` the count answers cycle 1-4 and exist answers alternate yes/no."""
     rng = np.random.default_rng([int(seed), int(index)])
     if qtype is None:
         qtype = QTYPES[index % len(QTYPES)]
     balance = index // len(QTYPES) if balanced else None
-    return make_sample(rng, qtype, n_extra=n_extra, balance=balance)
+    return make_sample(rng, qtype, n_extra=n_extra, balance=balance, max_others=max_others)
 
 
 def benchmark(n: int = 1200, seed: int = BENCHMARK_SEED) -> list[Sample]:

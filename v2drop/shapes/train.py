@@ -138,13 +138,21 @@ def make_batch(enc, samples, max_turns):
             "pixel_values": pixel_values_from_images([s.image for s in samples])}
 
 
-def train_samples(data_seed, step, batch_size, max_turns):
+def curriculum_cap(step, total, frac):
+    """Max number of 'other' objects at ``step``: 0 at the start, +1 every ``frac*total/6``
+    steps, no cap after ``frac * total`` steps."""
+    if frac <= 0 or step >= frac * total:
+        return None
+    return int(6 * step / (frac * total))
+
+
+def train_samples(data_seed, step, batch_size, max_turns, max_others=None):
     out = []
     for j in range(batch_size):
         idx = step * batch_size + j
         rng = np.random.default_rng([int(data_seed), idx])
         n_extra = int(rng.integers(0, max_turns))  # 0 .. max_turns-1 extra turns
-        out.append(scenes.sample(data_seed, idx, n_extra=n_extra, balanced=False))
+        out.append(scenes.sample(data_seed, idx, n_extra=n_extra, balanced=False, max_others=max_others))
     return out
 
 
@@ -181,9 +189,11 @@ def lr_at(step, total, base, warmup, final_frac=0.05):
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Train the embedded Shapes LLaVA model.")
     ap.add_argument("--out", default=None, help="output folder (default: assets/shapes-llava)")
-    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--steps", type=int, default=1100)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--max-turns", type=int, default=6, help="question/answer turns per scene (1..N)")
+    ap.add_argument("--max-turns", type=int, default=10, help="question/answer turns per scene (1..N)")
+    ap.add_argument("--curriculum", type=float, default=0.35,
+                    help="share of steps over which the number of extra objects grows from 0 to uncapped")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--vision-steps", type=int, default=100, help="stage-1 patch-supervision steps")
@@ -278,7 +288,8 @@ def main(argv=None):
     for step in range(start, total_steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
-        samples = train_samples(args.data_seed, step, args.batch_size, args.max_turns)
+        samples = train_samples(args.data_seed, step, args.batch_size, args.max_turns,
+                                curriculum_cap(step, args.steps, args.curriculum))
         batch = {k: v.to(device) for k, v in make_batch(enc, samples, args.max_turns).items()}
         loss = model(**batch).loss
         if args.aux_weight > 0:
