@@ -146,10 +146,13 @@ def _peak_rss() -> int | None:
 
 
 class LLMTimer:
-    """Wall time of every forward of the language model (prefill = the first of a generate)."""
+    """Wall and process-CPU time of every forward of the language model (prefill = the first of a
+    generate). ``clock="cpu"`` reports CPU time: on a shared machine with one torch thread it
+    measures the work done rather than the scheduler's share."""
 
-    def __init__(self, module: torch.nn.Module, cuda: bool) -> None:
-        self.cuda, self.calls, self._t = cuda, [], 0.0
+    def __init__(self, module: torch.nn.Module, cuda: bool, clock: str = "wall") -> None:
+        self.cuda, self.calls, self.wall, self.cpu, self.clock = cuda, [], [], [], clock
+        self._t = self._c = 0.0
         self._handles = [module.register_forward_pre_hook(self._pre), module.register_forward_hook(self._post)]
 
     def _sync(self) -> None:
@@ -158,19 +161,22 @@ class LLMTimer:
 
     def _pre(self, *_):
         self._sync()
-        self._t = time.perf_counter()
+        self._t, self._c = time.perf_counter(), time.process_time()
 
     def _post(self, *_):
         self._sync()
-        self.calls.append(time.perf_counter() - self._t)
+        self.wall.append(time.perf_counter() - self._t)
+        self.cpu.append(time.process_time() - self._c)
+        self.calls.append(self.cpu[-1] if self.clock == "cpu" else self.wall[-1])
 
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
 
 
-def run_once(model, inputs: dict, method: str, schedule: DropSchedule | None, max_new_tokens: int) -> dict:
-    """One ``generate`` of ``max_new_tokens`` tokens (forced), measured."""
+def run_once(model, inputs: dict, method: str, schedule: DropSchedule | None, max_new_tokens: int,
+             clock: str = "wall") -> dict:
+    """One ``generate`` of ``max_new_tokens`` tokens (forced), measured (times in ``clock``)."""
     from . import apply, get_method
 
     cuda = next(model.parameters()).device.type == "cuda"
@@ -185,16 +191,17 @@ def run_once(model, inputs: dict, method: str, schedule: DropSchedule | None, ma
     else:
         before = _rss()
         _reset_peak()
-    timer = LLMTimer(model.model.language_model, cuda)
+    timer = LLMTimer(model.model.language_model, cuda, clock)
     session = contextlib.nullcontext() if method == "none" else apply(model, schedule, method=method)
     try:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         with session as run, torch.no_grad():
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
                                  do_sample=False, return_dict_in_generate=True)
         if cuda:
             torch.cuda.synchronize()
         total = time.perf_counter() - start
+        total_cpu = time.process_time() - start_cpu
     finally:
         timer.remove()
     peak = torch.cuda.max_memory_allocated() if cuda else _peak_rss()
@@ -205,7 +212,10 @@ def run_once(model, inputs: dict, method: str, schedule: DropSchedule | None, ma
     return {
         "prefill_s": timer.calls[0],
         "decode_s_per_token": sum(decode) / len(decode) if decode else None,
-        "generate_s": total,
+        "generate_s": total_cpu if clock == "cpu" else total,
+        "generate_wall_s": total,
+        "prefill_wall_s": timer.wall[0],
+        "prefill_cpu_s": timer.cpu[0],
         "peak_bytes": peak,
         "peak_extra_bytes": None if peak is None else peak - before,
         "kv_cache_bytes": kv,
@@ -294,12 +304,13 @@ def _configs(methods: list[str], schedules: dict[str, DropSchedule], info: dict)
 
 
 def run_speed(model, inputs, info: dict, methods: list[str], schedules: dict[str, DropSchedule],
-              repeats: int = 3, warmup: int = 1, max_new_tokens: int = 4, log=print) -> list[dict]:
+              repeats: int = 3, warmup: int = 1, max_new_tokens: int = 4, log=print,
+              clock: str = "wall") -> list[dict]:
     configs = _configs(methods, schedules, info)
     runs: list[list[dict]] = [[] for _ in configs]
     for rep in range(warmup + repeats):
         for i, c in enumerate(configs):
-            result = run_once(model, inputs, c["method"], c["schedule"], max_new_tokens)
+            result = run_once(model, inputs, c["method"], c["schedule"], max_new_tokens, clock)
             if rep >= warmup:
                 runs[i].append(result)
         log(f"  round {rep + 1}/{warmup + repeats} done" + (" (warm-up)" if rep < warmup else ""))
@@ -307,7 +318,8 @@ def run_speed(model, inputs, info: dict, methods: list[str], schedules: dict[str
     for c, rs in zip(configs, runs):
         row = {k: c[k] for k in ("method", "budget_name", "note", "avg_kept", "flops_ratio")}
         row["schedule"] = str(c["schedule"]) if c["schedule"] is not None else "none"
-        for key in ("prefill_s", "decode_s_per_token", "generate_s", "peak_bytes", "peak_extra_bytes",
+        for key in ("prefill_s", "prefill_wall_s", "prefill_cpu_s", "generate_wall_s", "decode_s_per_token",
+                    "generate_s", "peak_bytes", "peak_extra_bytes",
                     "kv_cache_bytes", "scoring_s", "engine_prefill_s", "attention_matrix_bytes"):
             row[key] = _median([r[key] for r in rs])
         row["prefill_runs_s"] = [r["prefill_s"] for r in rs]
@@ -549,6 +561,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--shapes-weights", default=None,
                     help="shapes model folder, or a training checkpoint .pt (default: assets/shapes-llava)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="time with the wall clock, or with process CPU time (use with --threads 1 on a "
+                         "shared machine: it counts the work, not the scheduler's share)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("V2DROP_BENCH_THREADS", "2")))
     ap.add_argument("--out", default="results/bench")
     args = ap.parse_args(argv)
@@ -558,7 +573,7 @@ def main(argv: list[str] | None = None) -> dict:
     log = lambda msg: print(msg, flush=True)  # noqa: E731
 
     model, processor, inputs, info = load_model(args.model, args.device, args.shapes_random, args.shapes_weights)
-    info.update(device=args.device, threads=args.threads, torch=torch.__version__, dtype="float32",
+    info.update(device=args.device, threads=args.threads, clock=args.clock, torch=torch.__version__, dtype="float32",
                 command="python -m v2drop.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
                 malloc_mmap_threshold=os.environ.get(MMAP_ENV))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -570,14 +585,15 @@ def main(argv: list[str] | None = None) -> dict:
               f"{info['num_text_tokens']} text tokens; {args.device}, {args.threads} threads, float32.", ""]
     result: dict[str, Any] = {"info": info}
     if not args.no_speed:
-        rows = run_speed(model, inputs, info, methods, schedules, args.repeats, args.warmup, args.max_new_tokens, log)
+        rows = run_speed(model, inputs, info, methods, schedules, args.repeats, args.warmup, args.max_new_tokens, log,
+                         args.clock)
         result["speed"] = rows
         table = speed_table(rows)
         log(table)
         (out / f"speed-{args.model}.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1))
         speed_chart(rows, info, out / f"speed-{args.model}.html")
         report += [f"Speed and memory: medians of {args.repeats} runs after {args.warmup} warm-up, "
-                   f"{args.max_new_tokens} new tokens.", "", table, ""]
+                   f"{args.max_new_tokens} new tokens, {args.clock}-clock times.", "", table, ""]
     if args.accuracy:
         if args.model != "shapes" or processor is None:
             raise SystemExit("--accuracy needs --model shapes (the only model with a benchmark and trained weights)")
