@@ -487,7 +487,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--benchmark", action="store_true", help="run the latency benchmark and exit "
                         "(same as python -m visualize.perf)")
     parser.add_argument("--json", default=None, help="with --benchmark: write the results here")
-    return parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if rest and not args.benchmark:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest  # with --benchmark: passed on to visualize.perf (e.g. --repeats 1)
+    return args
 
 
 def main(argv=None) -> None:
@@ -495,7 +499,7 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.benchmark:
         from visualize import perf
-        perf.main(["--json", args.json] if args.json else [])
+        perf.main((["--json", args.json] if args.json else []) + args.rest)
         return
     demo = build_demo()
     if not args.no_warm_up:
