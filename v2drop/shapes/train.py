@@ -17,7 +17,8 @@ Two-stage curriculum (a pure training aid; the shipped model is a stock LLaVA):
    and whether it holds an object's centre (a throw-away linear head, ``AuxHead``).  This
    is ~10x cheaper per image than the full model and gives the LLM linearly readable
    patch features from the start (without it the from-scratch model sat at chance for
-   400+ steps).
+   400+ steps).  The head also predicts each patch's own row and column, so absolute
+   position stays linearly readable for the position questions.
 2. ``--steps`` steps of full LLaVA training on the multi-turn QA sequences, keeping the
    patch loss with weight ``--aux-weight`` (on the projector output, via a hook).
 """
@@ -69,16 +70,23 @@ class AuxHead(torch.nn.Module):
     def __init__(self, dim):
         super().__init__()
         self.n_shape, self.n_color = 1 + len(scenes.SHAPES), 1 + len(scenes.COLOR_NAMES)
-        self.proj = torch.nn.Linear(dim, self.n_shape + self.n_color + 2)
+        self.proj = torch.nn.Linear(dim, self.n_shape + self.n_color + 2 + 2 * GRID)
         self.register_buffer("centre_w", torch.tensor([1.0, 8.0]))
+        idx = torch.arange(GRID * GRID)
+        self.register_buffer("row", idx // GRID, persistent=False)
+        self.register_buffer("col", idx % GRID, persistent=False)
 
     def loss(self, feats, labels):
         shape_l, color_l, centre = labels
         z = self.proj(feats).flatten(0, 1)
         a, b = self.n_shape, self.n_shape + self.n_color
-        return (torch.nn.functional.cross_entropy(z[:, :a], shape_l.flatten())
-                + torch.nn.functional.cross_entropy(z[:, a:b], color_l.flatten())
-                + torch.nn.functional.cross_entropy(z[:, b:], centre.flatten(), weight=self.centre_w))
+        ce = torch.nn.functional.cross_entropy
+        n = feats.shape[0]
+        # the patch's own row / column: keeps absolute position linearly readable
+        pos = (ce(z[:, b + 2: b + 2 + GRID], self.row.repeat(n))
+               + ce(z[:, b + 2 + GRID:], self.col.repeat(n)))
+        return (ce(z[:, :a], shape_l.flatten()) + ce(z[:, a:b], color_l.flatten())
+                + ce(z[:, b: b + 2], centre.flatten(), weight=self.centre_w) + 0.5 * pos)
 
 
 def batch_patch_labels(samples, device):
@@ -189,14 +197,14 @@ def lr_at(step, total, base, warmup, final_frac=0.05):
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Train the embedded Shapes LLaVA model.")
     ap.add_argument("--out", default=None, help="output folder (default: assets/shapes-llava)")
-    ap.add_argument("--steps", type=int, default=1100)
+    ap.add_argument("--steps", type=int, default=950)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-turns", type=int, default=10, help="question/answer turns per scene (1..N)")
-    ap.add_argument("--curriculum", type=float, default=0.35,
+    ap.add_argument("--curriculum", type=float, default=0.5,
                     help="share of steps over which the number of extra objects grows from 0 to uncapped")
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=1.5e-3)
     ap.add_argument("--warmup", type=int, default=100)
-    ap.add_argument("--vision-steps", type=int, default=100, help="stage-1 patch-supervision steps")
+    ap.add_argument("--vision-steps", type=int, default=120, help="stage-1 patch-supervision steps")
     ap.add_argument("--vision-batch-size", type=int, default=32)
     ap.add_argument("--vision-lr", type=float, default=2e-3)
     ap.add_argument("--aux-weight", type=float, default=0.3, help="patch loss weight in stage 2")
