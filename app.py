@@ -32,11 +32,14 @@ sys.path.insert(0, str(ROOT))
 import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from v2drop.chat import (EMBEDDED_ID, SUGGESTED_MODELS, ChatInputError, ModelLoadError, ModelRegistry,  # noqa: E402
-                         check_prompt, image_region, load_image, nominal_vision_tokens, presets_for,
-                         schedule_summary, stream_pair)
+from v2drop.chat import (EMBEDDED_ID, MAX_VIDEO_FRAMES, SUGGESTED_MODELS, VIDEO_MODELS,  # noqa: E402
+                         ChatInputError, ModelLoadError, ModelRegistry, check_prompt, check_video_model, image_region,
+                         load_image, load_video_file, nominal_vision_tokens, presets_for, schedule_summary,
+                         stream_pair)
 from v2drop.schedule import DropSchedule  # noqa: E402
 from v2drop.trace import Trace  # noqa: E402
+from v2drop.video import SUPPORTED_EXTENSIONS, default_num_frames  # noqa: E402
+from v2drop.video_inputs import frames_per_layout_frame, supports_video  # noqa: E402
 from visualize import charts, overlay, story  # noqa: E402
 
 try:  # Hugging Face ZeroGPU: run the model work on a GPU slice; a no-op everywhere else
@@ -49,8 +52,9 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 log = logging.getLogger("v2drop.app")
 EXAMPLES_DIR = ROOT / "assets" / "examples"
+VIDEOS_DIR = ROOT / "assets" / "videos"
 TRACE_DIR = Path(tempfile.gettempdir()) / "v2drop-studio"
-MAX_FILE_SIZE = "15mb"
+MAX_FILE_SIZE = "100mb"  # videos; images are decoded with their own pixel limits
 MAX_NEW_TOKENS = int(os.environ.get("V2DROP_MAX_NEW_TOKENS", "48"))
 REGISTRY = ModelRegistry(max_extra=int(os.environ.get("V2DROP_MAX_MODELS", "1")))
 STREAM_INTERVAL = 0.08  # seconds between streamed chat updates
@@ -61,7 +65,9 @@ MODEL_LOCK = threading.Lock()  # belt and braces: the queue already runs one mod
 def new_state() -> dict[str, Any]:
     return {"model_id": EMBEDDED_ID, "trust_remote_code": False, "schedule": "", "image": None,
             "image_src": None, "turns_full": [], "turns_drop": [], "trace": None, "stats": None,
-            "region": None, "last_vision_tokens": None, "session": uuid.uuid4().hex[:12]}
+            "region": None, "last_vision_tokens": None, "session": uuid.uuid4().hex[:12],
+            # video: which input the chat is about ("image" / "video"), the sampled frames (DecodedVideo)
+            "media": "image", "video": None, "video_src": None, "video_step": 1}
 
 
 def _entry(state: dict):
@@ -127,6 +133,8 @@ def on_schedule_edit(text: str, state: dict):
 def _model_info(entry) -> str:
     lines = [f"**{entry.label}**", f"{entry.num_layers} decoder layers · "
              f"{getattr(entry.model.config, 'model_type', '?')} · device {REGISTRY.device}"]
+    lines.append("🎞️ takes video" if supports_video(entry.model) else
+                 f"🖼️ images only (video models: {VIDEO_MODELS})")
     if entry.note:
         lines.append(f"⚠️ {entry.note}")
     return "\n\n".join(lines)
@@ -143,16 +151,19 @@ def on_load_model(model_id: str, trust: bool, state: dict, progress=gr.Progress(
     except ModelLoadError as err:
         entry = _entry(state)
         return (gr.Dropdown(value=current), _model_info(entry), gr.skip(), gr.skip(), gr.skip(),
-                _notice(f"{err} The current model ({current}) stays loaded.", "error"), state)
+                _notice(f"{err} The current model ({current}) stays loaded.", "error"), state, gr.skip())
     state.update(model_id=entry.model_id, trust_remote_code=bool(trust), turns_full=[], turns_drop=[],
                  trace=None, stats=None, last_vision_tokens=None)
     presets = _preset_choices(entry)
     first = presets[0][1]
     text = _preset_text(entry, first)
     state["schedule"] = text
+    loaded = f"Loaded {entry.model_id}. The chat was cleared."
+    if state.get("media") == "video" and not supports_video(entry.model):
+        loaded += f" It takes no video: switch to an image, or load a video model ({VIDEO_MODELS})."
     return (gr.Dropdown(value=entry.model_id), _model_info(entry), gr.Dropdown(choices=presets, value=first), text,
-            _check_schedule(text, entry, state)[1], _notice(f"Loaded {entry.model_id}. The chat was cleared.", "ok"),
-            state)
+            _check_schedule(text, entry, state)[1], _notice(loaded, "ok"), state,
+            default_num_frames(entry.model))
 
 
 # ------------------------------------------------------------------------------------ image
@@ -168,7 +179,7 @@ def on_image(path: str | None, state: dict):
         state.update(image=None, image_src=None)
         return None, [], [], _notice(str(err), "error"), state
     saved = _save_image(image, state)
-    state.update(image=saved, image_src=path)
+    state.update(image=saved, image_src=path, media="image")
     text = " ".join(notes) + (" " if notes else "") + "New image: a new conversation starts."
     return saved, [], [], _notice(text, "warn" if notes else "info"), state
 
@@ -180,22 +191,76 @@ def _save_image(image: Image.Image, state: dict) -> str:
     return str(path)
 
 
+# ------------------------------------------------------------------------------------ video
+def on_video(path: str | None, num_frames: float, state: dict):
+    """Decode an uploaded video (or the same one at a new frame count), preview the sampled frames,
+    and start a new conversation about it. Says so at once if the current model takes no video."""
+    if not path:
+        state.update(video=None, video_src=None)
+        return None, gr.skip(), gr.skip(), gr.skip(), state
+    state.update(turns_full=[], turns_drop=[], trace=None, stats=None)
+    try:
+        video = load_video_file(path, num_frames)
+    except ChatInputError as err:
+        state.update(video=None, video_src=None)
+        return None, [], [], _notice(str(err), "error"), state
+    state.update(video=video, video_src=path, media="video")
+    text = (f"New video: {len(video)} frames sampled of {video.total_frames} ({video.duration:.1f} s, "
+            f"{video.width}×{video.height}). A new conversation starts.")
+    kind = "info"
+    try:
+        check_video_model(_entry(state).model, state.get("model_id"))
+    except ChatInputError as err:
+        text, kind = f"{err}", "warn"
+    return overlay.contact_sheet(video.frames, video.timestamps, size=160), [], [], _notice(text, kind), state
+
+
+def on_media_tab(media: str, state: dict):
+    """Switching between the Image and Video tabs switches what the chat is about."""
+    if state.get("media") == media:
+        return gr.skip(), gr.skip(), gr.skip(), state
+    state.update(media=media, turns_full=[], turns_drop=[], trace=None, stats=None)
+    has = state.get("image") if media == "image" else state.get("video")
+    text = f"Now asking about the {media}: a new conversation starts." if has else \
+        f"Upload {'an image' if media == 'image' else 'a video'} (or pick an example) to ask about it."
+    return [], [], _notice(text), state
+
+
+def on_video_example(name: str | None):
+    if not name or not (VIDEOS_DIR / name).exists():
+        return gr.skip(), gr.skip()
+    return str(VIDEOS_DIR / name), VIDEO_EXAMPLES.get(name, {}).get("question", gr.skip())
+
+
+def _load_video_examples() -> dict:
+    try:
+        return json.loads((VIDEOS_DIR / "examples.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+VIDEO_EXAMPLES = _load_video_examples()
+
+
 # ------------------------------------------------------------------------------------ chat
 def _visuals(state: dict, layer: int | None = None) -> tuple:
     """Everything drawn from the session's last run: slider, drop-layer picker, overlays, charts,
     table, story, trace file."""
     trace_dict, stats = state.get("trace"), state.get("stats")
-    if not trace_dict or not state.get("image"):
-        return (gr.Slider(), gr.Dropdown(), None, None, None, None, None, None, None, story.how_it_works(), None)
+    if not trace_dict or not _has_media(state):
+        return (gr.Slider(), gr.Dropdown(), None, None, None, None, None, None, None, story.how_it_works(), None, None)
     trace = Trace.from_dict(trace_dict)
     sample = trace.samples[0]
-    image = Image.open(state["image"]).convert("RGB")
-    region = state.get("region")
     layer = max(sample.kept) if layer is None and sample.kept else (layer or 0)
     drops = sorted(sample.kept)
     first_drop = drops[0] if drops else None
-    kept_img, heat_img = _layer_images(image, sample, layer, region)
-    dropped_img = overlay.dropped_overlay(image, sample, first_drop, region) if first_drop is not None else None
+    kept_img, heat_img = _layer_images(state, sample, layer)
+    dropped_img = _dropped_image(state, sample, first_drop) if first_drop is not None else None
+    timeline = None
+    if state.get("media") == "video":
+        video = state["video"]
+        timeline = charts.frame_timeline(trace, step=state.get("video_step", 1), timestamps=video.timestamps,
+                                         num_frames=len(video))
     path = TRACE_DIR / f"trace-{state['session']}.json"
     path.write_text(json.dumps(trace_dict, indent=1))
     return (gr.Slider(minimum=0, maximum=trace.num_layers - 1, value=layer, step=1),
@@ -203,19 +268,39 @@ def _visuals(state: dict, layer: int | None = None) -> tuple:
             kept_img, heat_img, dropped_img,
             charts.performance_chart(stats["full"], stats["drop"]), charts.alive_chart(trace),
             charts.metrics_rows(stats["full"], stats["drop"]), charts.retention_chart([sample]),
-            story.how_it_works() + "\n\n" + story.run_story(trace), str(path))
+            story.how_it_works() + "\n\n" + story.run_story(trace), str(path), timeline)
 
 
-def _layer_images(image, sample, layer: int, region) -> tuple:
-    kept_img = overlay.kept_overlay(image, sample, layer, region)
+def _has_media(state: dict) -> bool:
+    return bool(state.get("video") if state.get("media") == "video" else state.get("image"))
+
+
+def _draw(state: dict, sample, layer: int, mode: str):
+    """One overlay of the last run: on the image, or (video) a strip of its sampled frames."""
+    if state.get("media") == "video":
+        video = state["video"]
+        return overlay.frame_strip(video.frames, sample, layer, mode, step=state.get("video_step", 1),
+                                   timestamps=video.timestamps)
+    image = Image.open(state["image"]).convert("RGB")
+    draw = {"kept": overlay.kept_overlay, "dropped": overlay.dropped_overlay,
+            "variation": overlay.variation_heatmap}[mode]
+    return draw(image, sample, layer, state.get("region"))
+
+
+def _layer_images(state: dict, sample, layer: int) -> tuple:
+    kept_img = _draw(state, sample, layer, "kept")
     try:
-        heat_img = overlay.variation_heatmap(image, sample, layer, region)
+        heat_img = _draw(state, sample, layer, "variation")
     except ValueError:
         heat_img = None
     return kept_img, heat_img
 
 
-N_VISUALS = 11
+def _dropped_image(state: dict, sample, layer: int):
+    return _draw(state, sample, layer, "dropped")
+
+
+N_VISUALS = 12
 
 
 @gpu
@@ -229,12 +314,19 @@ def chat(question: str, image_file: str | None, state: dict):
         question = check_prompt(question)
         if image_file and image_file != state.get("image_src"):  # an API call that brings its image
             image, notes = load_image(image_file)
-            state.update(image=_save_image(image, state), image_src=image_file, turns_full=[], turns_drop=[])
+            state.update(image=_save_image(image, state), image_src=image_file, turns_full=[], turns_drop=[],
+                         media="image")
             full_msgs, drop_msgs = [], []
-        if not state.get("image"):
-            raise ChatInputError("No image: upload an image (or pick an example) before asking a question.")
-        image, notes = load_image(state["image"])
         entry = _entry(state)
+        if state.get("media") == "video":
+            if state.get("video") is None:
+                raise ChatInputError("No video: upload a video (or pick an example video) before asking a question.")
+            check_video_model(entry.model, entry.model_id)
+            image, notes = state["video"], []
+        else:
+            if not state.get("image"):
+                raise ChatInputError("No image: upload an image (or pick an example) before asking a question.")
+            image, notes = load_image(state["image"])
         schedule, why = _check_schedule(state.get("schedule") or "", entry, state)
         if schedule is None:
             raise ChatInputError(why.replace("⚠️ ", "").replace("**", ""))
@@ -262,7 +354,7 @@ def chat(question: str, image_file: str | None, state: dict):
     except Exception as err:  # noqa: BLE001 - the page gets a message, the log the traceback
         log.error("generation failed:\n%s", traceback.format_exc())
         yield (full_msgs, drop_msgs, _notice(f"Generation failed ({type(err).__name__}: {err}). The app is still "
-                                             "running; try another image, question or schedule.", "error"),
+                                             "running; try another image or video, question or schedule.", "error"),
                state, question) + skip
         return
     state["turns_full"] = turns_full + [(question, event.full_text)]
@@ -270,7 +362,10 @@ def chat(question: str, image_file: str | None, state: dict):
     state["trace"] = event.trace.to_dict()
     state["stats"] = {"full": event.full.to_dict(), "drop": event.drop.to_dict(), "schedule": str(schedule),
                       "model_id": entry.model_id}
-    state["region"] = image_region(entry.processor, image.size)
+    if state.get("media") == "video":
+        state["region"], state["video_step"] = None, frames_per_layout_frame(entry.model)
+    else:
+        state["region"] = image_region(entry.processor, image.size)
     state["last_vision_tokens"] = event.trace.samples[0].num_vision_tokens if event.trace.samples else None
     f, d = event.full, event.drop
     done = (f"Done with `{schedule}` on {entry.model_id}: first tokens after {f.first_token_seconds * 1e3:.0f} ms "
@@ -286,12 +381,11 @@ def chat(question: str, image_file: str | None, state: dict):
 
 def on_layer(layer: float, state: dict):
     trace_dict = state.get("trace")
-    if not trace_dict or not state.get("image"):
+    if not trace_dict or not _has_media(state):
         return None, None, ""
     sample = Trace.from_dict(trace_dict).samples[0]
     layer = int(layer)
-    image = Image.open(state["image"]).convert("RGB")
-    kept_img, heat_img = _layer_images(image, sample, layer, state.get("region"))
+    kept_img, heat_img = _layer_images(state, sample, layer)
     alive, dropped_now = overlay.layer_status(sample, layer)
     caption = f"Layer {layer}: {len(alive)} of {sample.num_vision_tokens} vision tokens alive"
     if dropped_now:
@@ -303,13 +397,12 @@ def on_layer(layer: float, state: dict):
 
 def on_drop_layer(layer, state: dict):
     trace_dict = state.get("trace")
-    if not trace_dict or layer is None or not state.get("image"):
+    if not trace_dict or layer is None or not _has_media(state):
         return None
     sample = Trace.from_dict(trace_dict).samples[0]
     if int(layer) not in sample.kept:
         return None
-    image = Image.open(state["image"]).convert("RGB")
-    return overlay.dropped_overlay(image, sample, int(layer), state.get("region"))
+    return _dropped_image(state, sample, int(layer))
 
 
 def on_tick(layer: float, state: dict):
@@ -374,7 +467,7 @@ def build_demo() -> gr.Blocks:
 
     with gr.Blocks(title="V²Drop Studio") as demo:
         state = gr.State(state0)
-        gr.Markdown("# V²Drop Studio\nAsk a question about an image; the **unpruned** model and the same model "
+        gr.Markdown("# V²Drop Studio\nAsk a question about an image (or a video, with a video model); the **unpruned** model and the same model "
                     "with **V²Drop** (variation-aware vision-token dropping) answer side by side. Then look at "
                     "which image patches each layer dropped.")
         notice = gr.Markdown(_notice(embedded.note, "warn") if embedded.note else "", elem_id="notice")
@@ -394,9 +487,24 @@ def build_demo() -> gr.Blocks:
                                                   "at that layer (0-based decoder layer; ratios compound)",
                                              elem_id="schedule")
                     schedule_md = gr.Markdown(schedule_md0, elem_id="schedule-info")
-                image_file = gr.File(label="Image (upload)", file_types=["image"], type="filepath",
-                                     elem_id="image-upload")
-                preview = gr.Image(label="Image", interactive=False, height=220, elem_id="preview")
+                with gr.Tabs():
+                    with gr.Tab("Image", elem_id="image-tab") as image_tab:
+                        image_file = gr.File(label="Image (upload)", file_types=["image"], type="filepath",
+                                             elem_id="image-upload")
+                        preview = gr.Image(label="Image", interactive=False, height=220, elem_id="preview")
+                    with gr.Tab("Video", elem_id="video-tab") as video_tab:
+                        gr.Markdown(f"Video models only: {VIDEO_MODELS}. Frames are sampled uniformly; "
+                                    "V²Drop ranks the tokens of all frames together.")
+                        video_file = gr.File(label="Video (upload mp4, webm, mov, gif, …)", type="filepath",
+                                             file_types=list(SUPPORTED_EXTENSIONS), elem_id="video-upload")
+                        frames_sl = gr.Slider(1, MAX_VIDEO_FRAMES, value=default_num_frames(embedded.model), step=1,
+                                              label="Frames sampled from the video", elem_id="num-frames")
+                        video_example = gr.Dropdown(
+                            choices=[(f"{name} — {v.get('description', '')}", name) for name, v in
+                                     VIDEO_EXAMPLES.items() if (VIDEOS_DIR / name).exists()],
+                            value=None, label="Example videos", elem_id="video-examples")
+                        video_preview = gr.Image(label="Sampled frames (what the model sees)", interactive=False,
+                                                 elem_id="video-preview", format="png")
             with gr.Column(scale=3):
                 with gr.Row():
                     chat_full = gr.Chatbot(label="Unpruned", height=300, elem_id="chat-full")
@@ -423,6 +531,8 @@ def build_demo() -> gr.Blocks:
                                                   scale=1)
                             dropped_img = gr.Image(label="Dropped at that layer (red)", interactive=False, scale=2,
                                                    format="png", height=360)
+                        timeline_plot = gr.Plot(label="Video: kept tokens per frame and layer",
+                                                elem_id="frame-timeline")
                     with gr.Tab("Performance"):
                         perf_plot = gr.Plot(label="Latency and memory", elem_id="perf-chart")
                         alive_plot = gr.Plot(label="Vision tokens alive per layer", elem_id="alive-chart")
@@ -438,7 +548,7 @@ def build_demo() -> gr.Blocks:
         timer = gr.Timer(0.9, active=False)
 
         visual_outputs = [layer_sl, drop_dd, kept_img, heat_img, dropped_img, perf_plot, alive_plot, table,
-                          retention_plot, story_md, trace_file]
+                          retention_plot, story_md, trace_file, timeline_plot]
         chat_outputs = [chat_full, chat_drop, notice, state, question] + visual_outputs
         model_job = dict(concurrency_limit=1, concurrency_id="model")
         # one event for both triggers, so a second click/Enter while this session's turn runs is ignored
@@ -447,10 +557,20 @@ def build_demo() -> gr.Blocks:
         clear.click(on_clear, [state], [chat_full, chat_drop, notice, state], api_name="clear")
         image_file.change(on_image, [image_file, state], [preview, chat_full, chat_drop, notice, state],
                           api_name="set_image")
+        video_file.change(on_video, [video_file, frames_sl, state], [video_preview, chat_full, chat_drop, notice, state],
+                          api_name="set_video")
+        # also fires when loading a model sets its default frame count: the video is sampled again
+        frames_sl.change(on_video, [video_file, frames_sl, state], [video_preview, chat_full, chat_drop, notice, state],
+                         api_visibility="private", trigger_mode="always_last")
+        video_example.input(on_video_example, [video_example], [video_file, question], api_visibility="private")
+        image_tab.select(lambda s: on_media_tab("image", s), [state], [chat_full, chat_drop, notice, state],
+                         api_visibility="private")
+        video_tab.select(lambda s: on_media_tab("video", s), [state], [chat_full, chat_drop, notice, state],
+                         api_visibility="private")
         preset_dd.input(on_preset, [preset_dd, state], [schedule_tb, schedule_md, state], api_name="set_preset")
         schedule_tb.change(on_schedule_edit, [schedule_tb, state], [schedule_md, state], api_name="set_schedule")
         load_btn.click(on_load_model, [model_dd, trust, state],
-                       [model_dd, model_md, preset_dd, schedule_tb, schedule_md, notice, state],
+                       [model_dd, model_md, preset_dd, schedule_tb, schedule_md, notice, state, frames_sl],
                        api_name="load_model", **model_job)
         layer_sl.change(on_layer, [layer_sl, state], [kept_img, heat_img, layer_md], api_visibility="private",
                         trigger_mode="always_last")
@@ -506,7 +626,7 @@ def main(argv=None) -> None:
         warm_up()
     print(f"V²Drop Studio on http://{args.host}:{args.port}", flush=True)
     demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_FILE_SIZE, show_error=False,
-                ssr_mode=False, css=CSS, allowed_paths=[str(TRACE_DIR), str(EXAMPLES_DIR)], footer_links=["api"])
+                ssr_mode=False, css=CSS, allowed_paths=[str(TRACE_DIR), str(EXAMPLES_DIR), str(VIDEOS_DIR)], footer_links=["api"])
 
 
 if __name__ == "__main__":

@@ -216,3 +216,86 @@ def test_stream_pair_survives_being_resumed_from_other_threads(tiny):
                 break
             events.append(event)
     assert events[-1].done and events[-1].trace is not None
+
+
+# ------------------------------------------------------------------------------ video
+from pathlib import Path  # noqa: E402
+
+from v2drop.chat import (MAX_VIDEO_FRAMES, build_video_inputs, build_video_messages, check_num_frames,  # noqa: E402
+                         check_video_model, load_video_file)
+
+VIDEOS = Path(__file__).resolve().parents[1] / "assets" / "videos"
+
+
+def test_video_files_unreadable_empty_missing_or_too_long_are_refused(tmp_path):
+    with pytest.raises(ChatInputError, match="No video"):
+        load_video_file(None, 4)
+    with pytest.raises(ChatInputError, match="could not be found"):
+        load_video_file(tmp_path / "gone.mp4", 4)
+    (tmp_path / "junk.mp4").write_bytes(b"\x00not a video at all" * 50)
+    (tmp_path / "empty.webm").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("hello")
+    for name in ("junk.mp4", "empty.webm", "notes.txt"):
+        with pytest.raises(ChatInputError, match="cannot be used") as err:
+            load_video_file(tmp_path / name, 4)
+        assert "Traceback" not in str(err.value)
+    with pytest.raises(ChatInputError, match="supported: mp4"):
+        load_video_file(tmp_path / "notes.txt", 4)
+    from v2drop.video import VideoLimits
+    with pytest.raises(ChatInputError, match="cannot be used"):
+        load_video_file(VIDEOS / "moving_shapes.mp4", 4, limits=VideoLimits(max_duration=0.5))
+    for bad in (0, MAX_VIDEO_FRAMES + 1, "many", None):
+        with pytest.raises(ChatInputError, match="frames"):
+            check_num_frames(bad)
+    assert check_num_frames(8.0) == 8
+
+
+def test_video_shipped_examples_decode_to_the_asked_frame_count():
+    for name in ("moving_shapes.mp4", "object_appears.webm", "count_up.gif"):
+        video = load_video_file(VIDEOS / name, 5)
+        assert len(video) == 5 and len(video.timestamps) == 5
+
+
+def test_non_video_models_are_refused_with_the_video_models_named(tiny):
+    video = load_video_file(VIDEOS / "count_up.gif", 2)
+    for family in ("llava", "llava_next"):
+        model, processor = tiny(family)
+        with pytest.raises(ChatInputError, match="takes no video.*LLaVA-OneVision, Qwen2-VL and Qwen2.5-VL"):
+            check_video_model(model)
+        with pytest.raises(ChatInputError, match="takes no video"):
+            next(stream_pair(model, processor, video, "what", [], [], SCHEDULE, max_new_tokens=2))
+    check_video_model(tiny("llava_onevision")[0])  # no error
+
+
+def test_video_messages_put_the_video_in_the_first_turn_only():
+    messages = build_video_messages([("q1", "a1")], "q2")
+    kinds = [c["type"] for m in messages for c in m["content"]]
+    assert kinds == ["video", "text", "text", "text"] and messages[0]["role"] == "user"
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_vl"])
+def test_video_stream_pair_matches_generate_and_continues(tiny, family):
+    model, processor = tiny(family)
+    video = load_video_file(VIDEOS / "moving_shapes.mp4", 4)
+    question = "what is in the image"
+    final = _run(model, processor, video, question, n=4)[-1]
+    inputs = build_video_inputs(processor, [], question, video)
+    n = inputs["input_ids"].shape[1]
+    gen = dict(max_new_tokens=4, do_sample=False)
+    with torch.inference_mode():
+        full_ids = model.generate(**inputs, **gen)[0, n:].tolist()
+        with v2drop.apply(model, SCHEDULE):
+            drop_ids = model.generate(**inputs, **gen)[0, n:].tolist()
+    tok = processor.tokenizer
+    decode = lambda ids: tok.decode([i for i in ids if i != tok.eos_token_id], skip_special_tokens=True).strip()
+    assert final.full_text == decode(full_ids)
+    assert final.drop_text == decode(drop_ids)
+    s = final.trace.samples[0]
+    video_id = model.config.video_token_id
+    assert s.num_vision_tokens == int((inputs["input_ids"] == video_id).sum()) == final.full.vision_tokens
+    assert set(s.layout.kinds) == {"video"} and sorted(s.kept) == [2, 4] and s.alive_per_layer[2] < s.alive_per_layer[1]
+    # a second turn continues each run's own conversation about the same video
+    second = _run(model, processor, video, "and the color", [(question, final.full_text)],
+                  [(question, final.drop_text)], n=2)[-1]
+    assert second.full.prompt_tokens > final.full.prompt_tokens
+    assert second.trace.samples[0].num_vision_tokens == s.num_vision_tokens

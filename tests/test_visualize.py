@@ -184,3 +184,108 @@ def test_overlay_from_a_real_run(tiny, family):
     now = [i for i in s.dropped_at(4) if s.layout.cells[i][1] >= 0]
     assert counts["red"] == cell_area(s.layout, panel, now)
     assert overlay.variation_heatmap(white, s, 3, size=128).size == img.size
+
+
+# ------------------------------------------------------------------------------ video: strip and timeline
+def video_sample(frames=3, rows=4, cols=4, newline=False) -> SampleTrace:
+    cells = [(f, r, c) for f in range(frames) for r in range(rows) for c in range(cols)]
+    if newline:
+        cells.append((frames - 1, -1, -1))
+    n = len(cells)
+    return SampleTrace(num_vision_tokens=n, vision_positions=list(range(3, 3 + n)),
+                       layout=PatchLayout(cells, [(rows, cols)] * frames, ["video"] * frames))
+
+
+def cell_classes(strip: Image.Image, tile: int, f: int, per_row: int, rows=4, cols=4) -> list[str]:
+    """Nearest colour class at the centre of each cell of tile ``f`` of a strip (white frames)."""
+    x0 = (f % per_row) * (tile + overlay._GAP)
+    y0 = (f // per_row) * (tile + overlay._LABEL_H + overlay._GAP) + overlay._LABEL_H
+    out = []
+    for r in range(rows):
+        for c in range(cols):
+            px = strip.getpixel((x0 + int((c + 0.5) * tile / cols), y0 + int((r + 0.5) * tile / rows)))
+            out.append(max(classify(Image.new("RGB", (1, 1), px)).items(), key=lambda kv: kv[1])[0])
+    return out
+
+
+@pytest.mark.parametrize("layer", [0, 1, 2, 3, 5])
+def test_frame_strip_paints_each_frames_kept_tokens(layer):
+    sample = video_sample(frames=5)
+    trace = with_drops(sample)
+    frames = [Image.new("RGB", (64, 64), WHITE)] * 5
+    strip = overlay.frame_strip(frames, sample, layer, size=96, per_row=3)
+    assert strip.size == (3 * 96 + 2 * overlay._GAP, 2 * (96 + overlay._LABEL_H) + overlay._GAP)
+    alive, dropped_now = overlay.layer_status(sample, layer)
+    for f in range(5):
+        got = cell_classes(strip, 96, f, 3)
+        ordinals = range(f * 16, (f + 1) * 16)
+        expected = ["clear" if i in alive else "red" if i in dropped_now else "dim" for i in ordinals]
+        assert got == expected, (layer, f)
+    assert sum(cell_classes(strip, 96, f, 3).count("clear") for f in range(5)) == trace.samples[0].alive_per_layer[layer]
+
+
+def test_frame_strip_maps_temporal_patches_to_the_first_frame_of_each_pair():
+    """Qwen: 6 sampled frames, 3 token grids (step 2): tile f shows sampled frame 2f."""
+    colours = [(250, 0, 0), (0, 0, 0), (0, 250, 0), (0, 0, 0), (0, 0, 250), (0, 0, 0)]
+    frames = [Image.new("RGB", (80, 40), c) for c in colours]
+    sample = video_sample(frames=3, rows=2, cols=4)
+    with_drops(sample)
+    tiles = overlay.strip_tiles(frames, sample, 0, step=2, size=80)
+    assert len(tiles) == 3 and all(t.size == (80, 40) for t in tiles)
+    for f, tile in enumerate(tiles):
+        assert tile.getpixel((10, 10)) == colours[2 * f]
+    assert overlay.frame_labels(3, 6, 2, [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]) == [
+        "frames 0-1 · 0.0 s", "frames 2-3 · 1.0 s", "frames 4-5 · 2.0 s"]
+    assert overlay.frame_labels(3, 5, 2)[-1] == "frame 4"  # odd count: the last slice repeats frame 4
+
+
+def test_frame_strip_variation_and_dropped_modes():
+    sample = video_sample(frames=2)
+    with_drops(sample)
+    frames = [Image.new("RGB", (64, 64), WHITE)] * 2
+    heat = overlay.frame_strip(frames, sample, 2, mode="variation", size=64)
+    assert heat.size == (2 * 64 + overlay._GAP, 64 + overlay._LABEL_H)
+    with pytest.raises(ValueError, match="no variation"):
+        overlay.frame_strip(frames, sample, 0, mode="variation")
+    with pytest.raises(ValueError, match="not a drop layer"):
+        overlay.frame_strip(frames, sample, 2, mode="dropped")
+    assert overlay.frame_strip(frames, sample, 1, mode="dropped").size == overlay.frame_strip(frames, sample, 1).size
+
+
+def test_frame_timeline_counts_sum_to_alive_per_layer():
+    sample = video_sample(frames=4, newline=True)
+    trace = with_drops(sample)
+    counts = charts.alive_per_frame(sample, trace.num_layers)
+    assert counts.shape == (4, 6)
+    assert counts.sum(0).tolist() == sample.alive_per_layer
+    assert counts[:, 0].tolist() == [16, 16, 16, 17]  # the newline token belongs to the last frame
+    fig = charts.frame_timeline(trace, step=2, timestamps=[0, 1, 2, 3, 4, 5, 6, 7])
+    heat = fig.data[0]
+    assert np.asarray(heat.z).tolist() == counts.tolist()
+    assert list(heat.y) == ["frames 0-1 · 0.0 s", "frames 2-3 · 2.0 s", "frames 4-5 · 4.0 s", "frames 6-7 · 6.0 s"]
+    assert list(heat.x) == list(range(6))
+    with pytest.raises(ValueError, match="no patch layout"):
+        charts.alive_per_frame(SampleTrace(num_vision_tokens=4, vision_positions=[0, 1, 2, 3]), 6)
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_vl"])
+def test_strip_and_timeline_from_a_real_video_run(tiny, family):
+    from v2drop.chat import load_video_file
+    from v2drop.video_inputs import frames_per_layout_frame
+    model, processor = tiny(family)
+    video = load_video_file(tiny_models.__file__.replace("tests/tiny_models.py", "assets/videos/moving_shapes.mp4"), 6)
+    for last in stream_pair(model, processor, video, "what is in the image", [], [], "2:0.5,4:0.5",
+                            max_new_tokens=2):
+        pass
+    trace, step = last.trace, frames_per_layout_frame(model)
+    sample = trace.samples[0]
+    n_grids = len(sample.layout.grids)
+    assert n_grids == -(-len(video) // step)
+    counts = charts.alive_per_frame(sample, trace.num_layers)
+    assert counts.sum(0).tolist() == sample.alive_per_layer
+    fig = charts.frame_timeline(trace, step=step, timestamps=video.timestamps, num_frames=len(video))
+    assert len(fig.data[0].y) == n_grids
+    strip = overlay.frame_strip(video.frames, sample, 4, step=step, timestamps=video.timestamps, size=96)
+    tw, th = overlay.strip_tiles(video.frames, sample, 4, step=step, size=96)[0].size
+    assert strip.size == (n_grids * tw + (n_grids - 1) * overlay._GAP, th + overlay._LABEL_H)
+    assert overlay.frame_strip(video.frames, sample, 4, mode="variation", step=step, size=96).size == strip.size

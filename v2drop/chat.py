@@ -36,11 +36,14 @@ from .compat import kv_cache_bytes
 from .engine import apply
 from .schedule import PRESETS, DropSchedule
 from .trace import Trace
+from .video import SUPPORTED_EXTENSIONS, DecodedVideo, VideoLimits, load_video
 
 __all__ = [
     "ChatInputError", "ModelLoadError", "RunStats", "PairEvent", "LoadedModel", "ModelRegistry",
     "load_image", "check_prompt", "build_messages", "build_inputs", "image_region", "stream_pair",
     "EMBEDDED_ID", "SUGGESTED_MODELS", "presets_for", "schedule_summary", "nominal_vision_tokens",
+    "load_video_file", "check_video_model", "check_num_frames", "build_video_messages", "build_video_inputs",
+    "VIDEO_MODELS", "MAX_VIDEO_FRAMES", "APP_VIDEO_LIMITS",
 ]
 
 EMBEDDED_ID = "embedded: shapes-llava"
@@ -54,6 +57,11 @@ MAX_PROMPT_CHARS = 1000
 MAX_IMAGE_SIDE = 2048          # larger images are downscaled before the processor sees them
 MAX_IMAGE_PIXELS = 50_000_000  # PIL decompression-bomb limit applied while decoding uploads
 MAX_NEW_TOKENS = 48
+VIDEO_MODELS = "LLaVA-OneVision, Qwen2-VL and Qwen2.5-VL"
+MAX_VIDEO_FRAMES = 32
+#: what the app accepts (the library's defaults allow more): 100 MB, 5 minutes, 1080p
+APP_VIDEO_LIMITS = VideoLimits(max_bytes=100 * 1024 * 1024, max_duration=5 * 60.0, max_frames=18_000,
+                               max_pixels=1920 * 1080)
 
 
 class ChatInputError(ValueError):
@@ -183,6 +191,74 @@ def _field(obj: Any, key: str) -> Any:
     return getattr(obj, key, None)
 
 
+# ---------------------------------------------------------------------------------- video
+def check_video_model(model: torch.nn.Module, name: str | None = None) -> None:
+    """:class:`ChatInputError` naming the video models if ``model`` takes no video."""
+    from .video_inputs import supports_video
+    if not supports_video(model):
+        label = name or getattr(model.config, "model_type", type(model).__name__)
+        raise ChatInputError(f"{label} takes no video (only images). Video needs a video model: {VIDEO_MODELS} "
+                             "(e.g. llava-hf/llava-onevision-qwen2-0.5b-ov-hf or Qwen/Qwen2-VL-2B-Instruct): load "
+                             "one under Model, or ask about an image instead.")
+
+
+def check_num_frames(num_frames: Any, max_frames: int = MAX_VIDEO_FRAMES) -> int:
+    """The frame count as an int in ``1 .. max_frames``; :class:`ChatInputError` otherwise."""
+    try:
+        n = int(num_frames)
+    except (TypeError, ValueError):
+        raise ChatInputError(f"The number of frames must be a whole number, got {num_frames!r}.") from None
+    if not 1 <= n <= max_frames:
+        raise ChatInputError(f"The number of frames must be between 1 and {max_frames}, got {n}.")
+    return n
+
+
+def load_video_file(source: str | os.PathLike | None, num_frames: int,
+                    limits: VideoLimits | None = APP_VIDEO_LIMITS, max_side: int | None = 1024) -> DecodedVideo:
+    """Decode an uploaded video and sample ``num_frames`` frames uniformly. Raises
+    :class:`ChatInputError` (a message for the page) for a missing, unreadable, empty or too-long
+    video; frames are shrunk to ``max_side`` (the processors resize them anyway)."""
+    if source is None or (isinstance(source, str) and not source.strip()):
+        raise ChatInputError("No video: upload a video (or pick an example) before asking a question.")
+    num_frames = check_num_frames(num_frames)
+    path = Path(source)
+    if not path.is_file():
+        raise ChatInputError(f"The video file {path.name!r} could not be found; upload it again.")
+    try:
+        video = load_video(path, num_frames=num_frames, limits=limits, max_side=max_side)
+    except ValueError as err:
+        hint = "" if path.suffix.lower() in SUPPORTED_EXTENSIONS or "supported" in str(err) else \
+            f" (supported: {', '.join(e.lstrip('.') for e in SUPPORTED_EXTENSIONS)})"
+        raise ChatInputError(f"This video cannot be used: {err}{hint}.") from None
+    except ImportError:
+        raise ChatInputError("Video decoding needs PyAV (pip install av), which is not installed here.") from None
+    return video
+
+
+def build_video_messages(turns: Sequence[tuple[str, str]], question: str) -> list[dict[str, Any]]:
+    """As :func:`build_messages`, with the video (instead of an image) in the first user turn."""
+    messages = build_messages(turns, question)
+    messages[0]["content"][0] = {"type": "video"}
+    return messages
+
+
+def build_video_inputs(processor: Any, turns: Sequence[tuple[str, str]], question: str,
+                       video: DecodedVideo) -> Any:
+    """Tokenised multi-turn prompt + video pixel values (batch of 1), with or without torchvision."""
+    from .video_inputs import video_inputs
+    try:
+        return video_inputs(processor, video, build_video_messages(turns, question))
+    except ValueError as err:
+        raise ChatInputError(f"The video could not be turned into model inputs: {err}") from None
+
+
+def _media_inputs(processor: Any, turns: Sequence[tuple[str, str]], question: str,
+                  media: "Image.Image | DecodedVideo") -> Any:
+    if isinstance(media, DecodedVideo):
+        return build_video_inputs(processor, turns, question, media)
+    return build_inputs(processor, turns, question, media)
+
+
 # ---------------------------------------------------------------------------------- generation
 @dataclass
 class RunStats:
@@ -292,7 +368,7 @@ def _memory_now(device: torch.device) -> tuple[int | None, str]:
 def stream_pair(
     model: torch.nn.Module,
     processor: Any,
-    image: Image.Image,
+    image: "Image.Image | DecodedVideo",
     question: str,
     history_full: Sequence[tuple[str, str]],
     history_drop: Sequence[tuple[str, str]],
@@ -308,17 +384,24 @@ def stream_pair(
     Each run continues its own conversation (``history_full`` / ``history_drop``: earlier
     ``(question, answer)`` pairs), so multi-turn chats stay side by side. Yields a
     :class:`PairEvent` after each prefill and each decode step; the last one has ``done`` set
-    and carries the V²Drop :class:`Trace`."""
+    and carries the V²Drop :class:`Trace`.
+
+    ``image`` is a PIL image or a :class:`~v2drop.video.DecodedVideo` (from
+    :func:`load_video_file`; the model must take video, see :func:`check_video_model`): the video
+    goes with the first user turn, and the trace's layout has one frame per token grid
+    (``frames_per_layout_frame`` sampled frames each)."""
     from transformers import DynamicCache
 
     schedule = DropSchedule.parse(schedule) if isinstance(schedule, str) else schedule
+    if isinstance(image, DecodedVideo):
+        check_video_model(model)
     tokenizer = getattr(processor, "tokenizer", processor)
     device = _model_device(model)
     eos = _eos_ids(model, processor)
     start = time.perf_counter()
     runs = {
-        "full": _Run(RunStats("unpruned"), _to_device(build_inputs(processor, history_full, question, image), model)),
-        "drop": _Run(RunStats("V²Drop"), _to_device(build_inputs(processor, history_drop, question, image), model)),
+        "full": _Run(RunStats("unpruned"), _to_device(_media_inputs(processor, history_full, question, image), model)),
+        "drop": _Run(RunStats("V²Drop"), _to_device(_media_inputs(processor, history_drop, question, image), model)),
     }
     vision_ids = None
 

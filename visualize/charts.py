@@ -13,7 +13,7 @@ from plotly.subplots import make_subplots
 from v2drop.trace import SampleTrace, Trace
 
 __all__ = ["alive_chart", "performance_chart", "metrics_rows", "METRIC_HEADERS", "retention_chart",
-           "COLOURS", "METRICS"]
+           "COLOURS", "METRICS", "alive_per_frame", "frame_timeline"]
 
 COLOURS = {"unpruned": "#7f8c8d", "V²Drop": "#e4572e"}
 # (key in the stats dict, title, unit, scale)
@@ -116,3 +116,43 @@ def retention_chart(samples: Sequence[SampleTrace], layer: int | None = None, bi
     fig.update_xaxes(title_text="position in the vision-token sequence")
     fig.update_yaxes(title_text="kept (%)", range=[0, 100])
     return _layout(fig, "Retention by position (no positional bias = flat bars)", 280)
+
+
+def alive_per_frame(sample: SampleTrace, num_layers: int) -> np.ndarray:
+    """``(layout frames, layers)`` int array: vision tokens of each frame (token grid) that each
+    decoder layer processes. Column sums equal ``sample.alive_per_layer``."""
+    if sample.layout is None:
+        raise ValueError("the trace has no patch layout: cannot tell which frame a token belongs to")
+    frame_of = np.asarray([cell[0] for cell in sample.layout.cells], dtype=np.int64)
+    counts = np.zeros((len(sample.layout.grids), num_layers), dtype=np.int64)
+    for layer in range(num_layers):
+        alive = np.asarray(sample.alive_after(layer), dtype=np.int64)
+        counts[:, layer] = np.bincount(frame_of[alive], minlength=counts.shape[0]) if alive.size else 0
+    return counts
+
+
+def frame_timeline(trace: Trace, sample: int = 0, step: int = 1, timestamps: Sequence[float] | None = None,
+                   num_frames: int | None = None) -> go.Figure:
+    """Kept vision tokens per video frame per decoder layer, as a heatmap (frames × layers).
+
+    One row per token grid of the layout (``step`` sampled frames each: 2 for Qwen2-VL's temporal
+    patches, 1 for LLaVA-OneVision); value = that frame's tokens alive at that layer. Frames whose
+    row fades early lost their tokens to other frames in V²Drop's single pool over the video."""
+    from .overlay import frame_labels
+
+    s: SampleTrace = trace.samples[sample]
+    counts = alive_per_frame(s, trace.num_layers)
+    totals = counts[:, 0] if counts.shape[1] else np.zeros(len(counts), dtype=np.int64)
+    n_frames = num_frames if num_frames is not None else len(counts) * max(1, step)
+    labels = frame_labels(len(counts), n_frames, step, timestamps)
+    share = np.divide(counts, np.maximum(totals, 1)[:, None]) * 100
+    fig = go.Figure(go.Heatmap(
+        z=counts, x=list(range(trace.num_layers)), y=labels, customdata=share, colorscale="Inferno",
+        zmin=0, colorbar=dict(title="kept"),
+        hovertemplate="%{y}, layer %{x}: %{z} tokens kept (%{customdata:.0f} %)<extra></extra>"))
+    for layer in sorted(s.kept):
+        fig.add_vline(x=layer - 0.5, line=dict(color="#4fc3f7", width=1, dash="dot"))
+    fig.update_xaxes(title_text="decoder layer", dtick=1 if trace.num_layers <= 32 else None)
+    fig.update_yaxes(title_text="frame", autorange="reversed")
+    return _layout(fig, "Kept vision tokens per frame and layer (dotted: drop layers)",
+                   max(260, 70 + 22 * len(labels)))

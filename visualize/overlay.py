@@ -9,6 +9,11 @@ image: each frame becomes one panel (the image with that frame's grid), panels s
 ``region`` is the part of the image the grids cover (``v2drop.chat.image_region``: the centre
 crop for CLIP-style processors, else the whole image).
 
+Videos: :func:`frame_strip` takes the sampled frames instead of one image and draws one tile per
+token grid of the layout (a video frame for LLaVA-OneVision; a pair of frames for Qwen2-VL /
+Qwen2.5-VL, whose temporal patches merge two frames: pass ``step=frames_per_layout_frame(model)``,
+the tile then shows the pair's first frame), tiles in rows.
+
 Colours: kept patches are shown as they are, patches dropped earlier are dimmed grey, and the
 patches dropped *at* the shown drop layer are tinted red.
 """
@@ -23,7 +28,8 @@ from PIL import Image, ImageDraw
 from v2drop.trace import PatchLayout, SampleTrace
 
 __all__ = ["kept_overlay", "variation_heatmap", "dropped_overlay", "patch_boxes", "layer_status",
-           "colormap", "DROPPED_RGB", "DROPPED_NOW_RGB", "DEAD_RGB", "PANEL_SIZE"]
+           "colormap", "DROPPED_RGB", "DROPPED_NOW_RGB", "DEAD_RGB", "PANEL_SIZE",
+           "frame_strip", "strip_tiles", "frame_labels", "contact_sheet", "TILE_SIZE"]
 
 PANEL_SIZE = 384                 # longer side of one panel, in pixels
 DEAD_RGB = (40, 40, 48)          # colour mixed into tokens no longer alive
@@ -145,6 +151,10 @@ def kept_overlay(image: Image.Image, sample: SampleTrace, layer: int, region: Se
                  size: int = PANEL_SIZE) -> Image.Image:
     """The image with the vision tokens that layer ``layer`` processes shown as they are, the ones
     dropped before it dimmed, and the ones dropped right at it (a drop layer) tinted red."""
+    return _render(image, sample, region, size, _kept_colours(sample, layer))
+
+
+def _kept_colours(sample: SampleTrace, layer: int):
     alive, dropped_now = layer_status(sample, layer)
 
     def colour(i: int):
@@ -154,7 +164,7 @@ def kept_overlay(image: Image.Image, sample: SampleTrace, layer: int, region: Se
             return DROPPED_NOW_RGB, RED_ALPHA
         return DROPPED_RGB, DIM_ALPHA
 
-    return _render(image, sample, region, size, colour)
+    return colour
 
 
 def dropped_overlay(image: Image.Image, sample: SampleTrace, layer: int, region: Sequence[float] | None = None,
@@ -173,6 +183,10 @@ def variation_heatmap(image: Image.Image, sample: SampleTrace, layer: int, regio
     map over its patch (dark = little change, bright = much); tokens no longer alive are dark grey.
     ``normalise="layer"`` stretches this layer's scores to the full colour range; ``"log"`` first
     takes log1p. Needs the run's trace made with ``trace_all_layers=True`` (or a drop layer)."""
+    return _render(image, sample, region, size, _variation_colours(sample, layer, alpha, normalise))
+
+
+def _variation_colours(sample: SampleTrace, layer: int, alpha: float = 0.6, normalise: str = "layer"):
     entry = sample.scores.get(layer)
     if entry is None:
         raise ValueError(f"no variation scores at layer {layer}"
@@ -191,10 +205,117 @@ def variation_heatmap(image: Image.Image, sample: SampleTrace, layer: int, regio
     def colour(i: int):
         return table.get(i, (DEAD_RGB, DIM_ALPHA))
 
-    return _render(image, sample, region, size, colour)
+    return colour
 
 
 def colorbar(width: int = 256, height: int = 14) -> Image.Image:
     """A horizontal legend of :func:`colormap` (left = low variation, right = high)."""
     row = colormap(np.linspace(0, 1, width))
     return Image.fromarray(np.repeat(row[None], height, axis=0))
+
+
+# ------------------------------------------------------------------------------------ video
+TILE_SIZE = 192                  # longer side of one frame tile of a strip, in pixels
+_LABEL_H, _GAP = 16, 4
+
+
+def frame_labels(num_layout_frames: int, num_frames: int, step: int = 1,
+                 timestamps: Sequence[float] | None = None) -> list[str]:
+    """One label per layout frame: the sampled frame(s) it stands for and, if known, the time."""
+    out = []
+    for f in range(num_layout_frames):
+        first = min(f * step, max(0, num_frames - 1))
+        last = min(f * step + step - 1, max(0, num_frames - 1))
+        label = f"frame {first}" if last == first else f"frames {first}-{last}"
+        if timestamps is not None and first < len(timestamps):
+            label += f" · {timestamps[first]:.1f} s"
+        out.append(label)
+    return out
+
+
+def strip_tiles(frames: Sequence[Image.Image], sample: SampleTrace, layer: int, mode: str = "kept",
+                step: int = 1, size: int = TILE_SIZE, alpha: float = 0.6, normalise: str = "layer",
+                ) -> list[Image.Image]:
+    """The tiles of :func:`frame_strip`, unlabelled: one per layout frame (token grid)."""
+    if not frames:
+        raise ValueError("no frames to draw on")
+    if mode == "kept":
+        colour_of = _kept_colours(sample, layer)
+    elif mode == "dropped":
+        if layer not in sample.kept:
+            raise ValueError(f"layer {layer} is not a drop layer of this run (drop layers: {sorted(sample.kept)})")
+        colour_of = _kept_colours(sample, layer)
+    elif mode == "variation":
+        colour_of = _variation_colours(sample, layer, alpha, normalise)
+    else:
+        raise ValueError(f"mode must be 'kept', 'dropped' or 'variation', got {mode!r}")
+    layout = _layout(sample)
+    step = max(1, int(step))
+    by_frame: dict[int, list[int]] = {}
+    tiles = []
+    bases = [_panel_base(frames[min(f * step, len(frames) - 1)], None, size) for f in range(len(layout.grids))]
+    boxes = patch_boxes(layout, bases[0].size) if bases else {}
+    for ordinal, (frame, *_box) in boxes.items():
+        by_frame.setdefault(frame, []).append(ordinal)
+    for f, base in enumerate(bases):
+        arr = np.asarray(base.resize(bases[0].size) if base.size != bases[0].size else base, dtype=np.float32).copy()
+        for ordinal in by_frame.get(f, []):
+            paint = colour_of(ordinal)
+            if paint is None:
+                continue
+            rgb, a = paint
+            _, x0, y0, x1, y1 = boxes[ordinal]
+            cell = arr[y0:y1, x0:x1]
+            cell[:] = cell * (1 - a) + np.asarray(rgb, dtype=np.float32) * a
+        tile = Image.fromarray(arr.clip(0, 255).astype(np.uint8))
+        _grid_lines(tile, layout.grids[f])
+        tiles.append(tile)
+    return tiles
+
+
+def frame_strip(frames: Sequence[Image.Image], sample: SampleTrace, layer: int, mode: str = "kept",
+                step: int = 1, timestamps: Sequence[float] | None = None, size: int = TILE_SIZE,
+                per_row: int = 8, alpha: float = 0.6, normalise: str = "layer") -> Image.Image:
+    """A video run at decoder layer ``layer`` as a strip of frame tiles (rows of ``per_row``).
+
+    ``frames``: the sampled frames the model saw (``DecodedVideo.frames``); ``step``: sampled
+    frames per layout frame (``frames_per_layout_frame(model)``: 2 for Qwen2-VL / Qwen2.5-VL,
+    1 for LLaVA-OneVision). ``mode``: ``"kept"`` (as :func:`kept_overlay`: alive patches clear,
+    earlier drops dimmed, drops at this layer red), ``"dropped"`` (the same, but ``ValueError``
+    unless ``layer`` is a drop layer) or ``"variation"`` (as :func:`variation_heatmap`). Each tile
+    is labelled with its frame(s), time and alive tokens of that frame."""
+    tiles = strip_tiles(frames, sample, layer, mode, step, size, alpha, normalise)
+    layout = _layout(sample)
+    alive = set(sample.alive_after(layer))
+    totals = [0] * len(tiles)
+    kept = [0] * len(tiles)
+    for i, (f, _, _) in enumerate(layout.cells):
+        totals[f] += 1
+        kept[f] += i in alive
+    labels = frame_labels(len(tiles), len(frames), step, timestamps)
+    return _tile_rows(tiles, [f"{label} · {k}/{t}" for label, k, t in zip(labels, kept, totals)], per_row)
+
+
+def contact_sheet(frames: Sequence[Image.Image], timestamps: Sequence[float] | None = None,
+                  size: int = TILE_SIZE, per_row: int = 8) -> Image.Image:
+    """The sampled frames of a video as labelled tiles (the app's preview of what the model sees)."""
+    if not frames:
+        raise ValueError("no frames to draw")
+    first = _panel_base(frames[0], None, size)
+    tiles = [first] + [_panel_base(f, None, size).resize(first.size) for f in frames[1:]]
+    return _tile_rows(tiles, frame_labels(len(tiles), len(tiles), 1, timestamps), per_row)
+
+
+def _tile_rows(tiles: list[Image.Image], labels: list[str], per_row: int) -> Image.Image:
+    cols = max(1, min(per_row, len(tiles)))
+    rows = -(-len(tiles) // cols)
+    tw, th = tiles[0].size
+    canvas = Image.new("RGB", (cols * tw + (cols - 1) * _GAP, rows * (th + _LABEL_H) + (rows - 1) * _GAP),
+                       (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for f, tile in enumerate(tiles):
+        x = (f % cols) * (tw + _GAP)
+        y = (f // cols) * (th + _LABEL_H + _GAP)
+        draw.text((x + 2, y + 2), labels[f], fill=(0, 0, 0))
+        canvas.paste(tile, (x, y + _LABEL_H))
+    return canvas
