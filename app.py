@@ -58,6 +58,7 @@ MAX_FILE_SIZE = "100mb"  # videos; images are decoded with their own pixel limit
 MAX_NEW_TOKENS = int(os.environ.get("V2DROP_MAX_NEW_TOKENS", "48"))
 REGISTRY = ModelRegistry(max_extra=int(os.environ.get("V2DROP_MAX_MODELS", "1")))
 STREAM_INTERVAL = 0.08  # seconds between streamed chat updates
+STRIP_PER_ROW = 4  # frame tiles per row of a video's strips
 MODEL_LOCK = threading.Lock()  # belt and braces: the queue already runs one model job at a time
 
 
@@ -212,7 +213,8 @@ def on_video(path: str | None, num_frames: float, state: dict):
         check_video_model(_entry(state).model, state.get("model_id"))
     except ChatInputError as err:
         text, kind = f"{err}", "warn"
-    return overlay.contact_sheet(video.frames, video.timestamps, size=160), [], [], _notice(text, kind), state
+    return (overlay.contact_sheet(video.frames, video.timestamps, size=160, per_row=STRIP_PER_ROW), [], [],
+            _notice(text, kind), state)
 
 
 def on_media_tab(media: str, state: dict):
@@ -280,7 +282,7 @@ def _draw(state: dict, sample, layer: int, mode: str):
     if state.get("media") == "video":
         video = state["video"]
         return overlay.frame_strip(video.frames, sample, layer, mode, step=state.get("video_step", 1),
-                                   timestamps=video.timestamps)
+                                   timestamps=video.timestamps, per_row=STRIP_PER_ROW)
     image = Image.open(state["image"]).convert("RGB")
     draw = {"kept": overlay.kept_overlay, "dropped": overlay.dropped_overlay,
             "variation": overlay.variation_heatmap}[mode]

@@ -148,11 +148,12 @@ def frame_timeline(trace: Trace, sample: int = 0, step: int = 1, timestamps: Seq
     share = np.divide(counts, np.maximum(totals, 1)[:, None]) * 100
     fig = go.Figure(go.Heatmap(
         z=counts, x=list(range(trace.num_layers)), y=labels, customdata=share, colorscale="Inferno",
-        zmin=0, colorbar=dict(title="kept"),
+        zmin=0, colorbar=dict(title="kept"), ygap=1,
         hovertemplate="%{y}, layer %{x}: %{z} tokens kept (%{customdata:.0f} %)<extra></extra>"))
     for layer in sorted(s.kept):
         fig.add_vline(x=layer - 0.5, line=dict(color="#4fc3f7", width=1, dash="dot"))
     fig.update_xaxes(title_text="decoder layer", dtick=1 if trace.num_layers <= 32 else None)
-    fig.update_yaxes(title_text="frame", autorange="reversed")
+    fig.update_yaxes(title_text="frame", autorange="reversed", type="category", tickmode="array",
+                     tickvals=labels, ticktext=labels)
     return _layout(fig, "Kept vision tokens per frame and layer (dotted: drop layers)",
-                   max(260, 70 + 22 * len(labels)))
+                   max(300, 130 + 28 * len(labels)))

@@ -70,3 +70,47 @@ def test_upload_ask_and_see_both_answers_heatmap_and_charts(page, server):
     page.locator("#gallery img").nth(1).click()
     page.wait_for_function("() => document.querySelector('#question textarea')?.value.includes('how many squares')")
     page.wait_for_function("() => document.querySelector('#notice')?.innerText.includes('New image')")
+
+
+def _notice_has(page, text: str, timeout: int = 60_000) -> None:
+    page.wait_for_function(f"() => document.querySelector('#notice')?.innerText.includes({text!r})", timeout=timeout)
+
+
+def test_video_tab_refuses_image_models_then_runs_a_video_model(page, server, tmp_path_factory):
+    """The Video tab with the embedded model (images only) says so and names the video models; with a
+    tiny LLaVA-OneVision typed as a local folder, both answers, the frame strips and the timeline appear."""
+    import tiny_models
+
+    folder = tmp_path_factory.mktemp("tiny-video")
+    tiny_models.build("llava_onevision", folder)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.goto(server.url)  # a fresh session
+    page.wait_for_selector("#question textarea")
+    page.get_by_role("tab", name="Video").click()
+    page.locator("#video-upload input[type=file]").set_input_files(str(ROOT / "assets" / "videos" / "moving_shapes.mp4"))
+    _notice_has(page, "takes no video")
+    assert "LLaVA-OneVision, Qwen2-VL and Qwen2.5-VL" in page.locator("#notice").inner_text()
+    page.wait_for_function("() => (document.querySelector('#video-preview img')?.naturalWidth || 0) > 300")
+    page.locator("#question textarea").fill("which way does the red circle move ?")
+    page.locator("#send").click()
+    _notice_has(page, "takes no video")  # asking is refused with the same clear message
+
+    model_box = page.locator("#model-id input")
+    model_box.fill(str(folder / "llava_onevision"))
+    model_box.press("Enter")
+    page.get_by_role("button", name="Load model").click()
+    _notice_has(page, "Loaded", timeout=120_000)
+    page.locator("#schedule textarea").fill("2:0.5,4:0.25")
+    page.wait_for_function("() => !document.querySelector('#schedule-info')?.innerText.includes('cannot run')")
+    page.locator("#question textarea").fill("which way does the red circle move ?")
+    page.locator("#send").click()
+    _notice_has(page, "Done with", timeout=180_000)
+    for pane in ("#chat-full", "#chat-drop"):
+        page.wait_for_function(f"() => document.querySelectorAll('{pane} .message').length >= 2")
+        assert "which way does the red circle move ?" in page.locator(pane).inner_text()
+    for image in ("#kept-overlay img", "#heatmap img"):  # frame strips: 2 rows of 4 tiles
+        page.wait_for_function(f"() => (document.querySelector('{image}')?.naturalWidth || 0) > 600")
+    page.locator("#frame-timeline .js-plotly-plot, #frame-timeline .plot-container").first.wait_for(timeout=60_000)
+    page.locator("#kept-overlay").scroll_into_view_if_needed()
+    page.screenshot(path=str(SHOTS / "screenshot-video.png"), full_page=True)
+    assert "Traceback" not in page.content()
