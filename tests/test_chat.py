@@ -239,7 +239,7 @@ def test_video_files_unreadable_empty_missing_or_too_long_are_refused(tmp_path):
         with pytest.raises(ChatInputError, match="cannot be used") as err:
             load_video_file(tmp_path / name, 4)
         assert "Traceback" not in str(err.value)
-    with pytest.raises(ChatInputError, match="supported: mp4"):
+    with pytest.raises(ChatInputError, match="supported formats: mp4"):
         load_video_file(tmp_path / "notes.txt", 4)
     from v2drop.video import VideoLimits
     with pytest.raises(ChatInputError, match="cannot be used"):
