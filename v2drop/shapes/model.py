@@ -7,7 +7,7 @@ Architecture (all stock transformers 5.x classes, ``model_type="llava"``):
   ``vision_feature_layer=-1``, ``vision_feature_select_strategy="full"`` (all 256 patches).
 * projector: LLaVA 2-layer GELU MLP 128 -> 256 -> 256.
 * language model: ``Qwen2Config`` - 8 layers, width 256, 4 heads / 2 KV heads, MLP 768,
-  RoPE, tied embeddings, word-level vocabulary (~120 tokens).
+  RoPE, tied embeddings, word-level vocabulary (83 tokens).
 
 Tokenizer: a word-level ``tokenizers`` model (lower-casing, whitespace/punctuation split)
 wrapped as ``PreTrainedTokenizerFast`` with special tokens ``<pad> <unk> <s> </s> <image>
