@@ -34,14 +34,15 @@ class ModelSpec:
     name: str
     family: str                      # "llava" or "qwen2_vl"
     text: dict = field(default_factory=dict)
-    grid: int = 27                   # vision tokens = grid × grid
+    grid: int = 27                   # vision tokens per image / frame = grid × grid
+    frames: int = 1                  # images (video frames) in the prompt, all in one drop pool
     prefix_tokens: int = 14          # text before the image (system prompt, "user:")
     suffix_tokens: int = 20          # question and assistant prompt after it
     description: str = ""
 
     @property
     def num_vision_tokens(self) -> int:
-        return self.grid * self.grid
+        return self.frames * self.grid * self.grid
 
     @property
     def num_text_tokens(self) -> int:
@@ -49,24 +50,33 @@ class ModelSpec:
 
 
 QWEN_VOCAB = 151_936
+_ONEVISION_TEXT = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                       num_key_value_heads=2, vocab_size=QWEN_VOCAB, tie_word_embeddings=True,
+                       rope_theta=1_000_000.0, max_position_embeddings=32768)
 SPECS: dict[str, ModelSpec] = {
     "onevision-0.5b": ModelSpec(
-        "onevision-0.5b", "llava",
-        dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-             num_key_value_heads=2, vocab_size=QWEN_VOCAB, tie_word_embeddings=True, rope_theta=1_000_000.0,
-             max_position_embeddings=32768),
-        grid=27, description="LLaVA-OneVision-0.5B language model (Qwen2-0.5B), 729 vision tokens, random weights"),
+        "onevision-0.5b", "llava", _ONEVISION_TEXT, grid=27, description="LLaVA-OneVision-0.5B language model (Qwen2-0.5B), 729 vision tokens, random weights"),
     "qwen2-vl-2b": ModelSpec(
         "qwen2-vl-2b", "qwen2_vl",
         dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
              num_key_value_heads=2, vocab_size=QWEN_VOCAB, tie_word_embeddings=True, max_position_embeddings=32768,
              rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [16, 24, 24]}),
         grid=32, description="Qwen2-VL-2B language model (M-RoPE), 1,024 vision tokens, random weights"),
+    **{f"onevision-0.5b-video-{n}f": ModelSpec(
+        f"onevision-0.5b-video-{n}f", "llava", _ONEVISION_TEXT, grid=14, frames=n,
+        description=f"LLaVA-OneVision-0.5B language model on a {n}-frame video: {n} x 196 pooled vision "
+                    f"tokens (14x14 per frame, OneVision's 2x2 video pooling), random weights")
+       for n in (8, 16, 32)},
     "tiny": ModelSpec(
         "tiny", "llava",
         dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
              num_key_value_heads=2, vocab_size=256, max_position_embeddings=4096),
         grid=8, prefix_tokens=4, suffix_tokens=6, description="4-layer toy (tests)"),
+    "tiny-video": ModelSpec(
+        "tiny-video", "llava",
+        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+             num_key_value_heads=2, vocab_size=256, max_position_embeddings=4096),
+        grid=4, frames=3, prefix_tokens=4, suffix_tokens=6, description="4-layer toy, 3 frames (tests)"),
 }
 
 IMAGE_ID = {"llava": 151_646, "qwen2_vl": 151_655}   # the real models' image-token ids
@@ -121,7 +131,7 @@ def make_inputs(model: torch.nn.Module, spec: ModelSpec, seed: int = 0) -> dict[
         ids = torch.cat([words(spec.prefix_tokens), vision, words(spec.suffix_tokens)]).unsqueeze(0)
         size = config.vision_config.image_size
         return dict(input_ids=ids, attention_mask=torch.ones_like(ids),
-                    pixel_values=torch.randn(1, 3, size, size, generator=g))
+                    pixel_values=torch.randn(spec.frames, 3, size, size, generator=g))
     patches = spec.grid * 2                                    # merge 2: patch grid = 2 × token grid
     vision = torch.full((spec.num_vision_tokens,), config.image_token_id)
     ids = torch.cat([words(spec.prefix_tokens), torch.tensor([config.vision_start_token_id]), vision,
