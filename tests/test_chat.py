@@ -124,16 +124,9 @@ def test_stream_pair_matches_generate_and_interleaves(tiny, family):
     assert events[0].full.tokens == 1 and events[0].drop.tokens == 0
     # same greedy answers as generate, with and without V²Drop
     inputs = build_inputs(processor, [], "what is in the image", image)
-    n = inputs["input_ids"].shape[1]
-    gen = dict(max_new_tokens=5, do_sample=False)
-    with torch.inference_mode():
-        full_ids = model.generate(**inputs, **gen)[0, n:].tolist()
-        with v2drop.apply(model, SCHEDULE):
-            drop_ids = model.generate(**inputs, **gen)[0, n:].tolist()
-    tok = processor.tokenizer
-    decode = lambda ids: tok.decode([i for i in ids if i != tok.eos_token_id], skip_special_tokens=True).strip()
-    assert final.full_text == decode(full_ids)
-    assert final.drop_text == decode(drop_ids)
+    full_ids, drop_ids = tiny_models.greedy_answers(model, inputs, SCHEDULE, max_new_tokens=5)
+    assert final.full_text == tiny_models.decode_answer(processor.tokenizer, full_ids)
+    assert final.drop_text == tiny_models.decode_answer(processor.tokenizer, drop_ids)
     s = final.trace.samples[0]
     assert s.alive_per_layer[2] < s.alive_per_layer[1] and sorted(s.kept) == [2, 4]
     assert len(s.scores) >= 4  # trace_all_layers: variation at every layer but 0
@@ -280,16 +273,9 @@ def test_video_stream_pair_matches_generate_and_continues(tiny, family):
     question = "what is in the image"
     final = _run(model, processor, video, question, n=4)[-1]
     inputs = build_video_inputs(processor, [], question, video)
-    n = inputs["input_ids"].shape[1]
-    gen = dict(max_new_tokens=4, do_sample=False)
-    with torch.inference_mode():
-        full_ids = model.generate(**inputs, **gen)[0, n:].tolist()
-        with v2drop.apply(model, SCHEDULE):
-            drop_ids = model.generate(**inputs, **gen)[0, n:].tolist()
-    tok = processor.tokenizer
-    decode = lambda ids: tok.decode([i for i in ids if i != tok.eos_token_id], skip_special_tokens=True).strip()
-    assert final.full_text == decode(full_ids)
-    assert final.drop_text == decode(drop_ids)
+    full_ids, drop_ids = tiny_models.greedy_answers(model, inputs, SCHEDULE, max_new_tokens=4)
+    assert final.full_text == tiny_models.decode_answer(processor.tokenizer, full_ids)
+    assert final.drop_text == tiny_models.decode_answer(processor.tokenizer, drop_ids)
     s = final.trace.samples[0]
     video_id = model.config.video_token_id
     assert s.num_vision_tokens == int((inputs["input_ids"] == video_id).sum()) == final.full.vision_tokens

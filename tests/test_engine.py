@@ -30,17 +30,8 @@ def kept_positions(sample: v2drop.SampleTrace, layer: int, seq_len: int, pad: in
 @pytest.mark.parametrize("family", FAMILIES)
 def test_keep_all_is_exact(tiny, family, attn):
     model, processor = tiny(family, attn)
-    inputs = batch(processor)
-    with torch.no_grad():
-        ref_logits = model(**inputs).logits
-    ref_ids = model.generate(**inputs, **GEN)
-    with v2drop.apply(model, DropSchedule.keep_all([1, 2, 4])) as run:
-        with torch.no_grad():
-            logits = model(**inputs).logits
-        ids = model.generate(**inputs, **GEN)
-    assert torch.equal(ids, ref_ids)
-    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=0)
-    assert run.trace.samples[0].alive_per_layer == [run.trace.samples[0].num_vision_tokens] * 6
+    trace = tm.assert_keep_all_exact(model, batch(processor), gen=GEN)
+    assert trace.samples[0].alive_per_layer == [trace.samples[0].num_vision_tokens] * 6
 
 
 @pytest.mark.parametrize("attn", ATTNS)

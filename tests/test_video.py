@@ -305,16 +305,8 @@ def _video_batch(processor, n_frames=6, seed=5):
 def test_video_keep_all_is_exact(tiny, family, attn):
     model, processor = tiny(family, attn)
     inputs = _video_batch(processor)
-    with torch.no_grad():
-        ref_logits = model(**inputs).logits
-    ref_ids = model.generate(**inputs, **GEN)
-    with v2drop.apply(model, DropSchedule.keep_all([1, 2, 4])) as run:
-        with torch.no_grad():
-            logits = model(**inputs).logits
-        ids = model.generate(**inputs, **GEN)
-    assert torch.equal(ids, ref_ids)
-    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=0)
-    sample = run.trace.samples[0]
+    trace = tm.assert_keep_all_exact(model, inputs, gen=GEN)
+    sample = trace.samples[0]
     assert sample.num_vision_tokens == int(torch.isin(inputs["input_ids"], torch.tensor(model.config.video_token_id)).sum())
     assert sample.alive_per_layer == [sample.num_vision_tokens] * 6
 

@@ -170,3 +170,38 @@ def inputs(processor, images, questions, video=None):
     else:
         kwargs["images"] = images
     return processor(**kwargs)
+
+
+def assert_keep_all_exact(model, inputs, layers=(1, 2, 4), gen=None):
+    """A keep-all schedule must give the unpatched model's ids and logits (within 1e-5);
+    returns the run's trace."""
+    import v2drop
+
+    gen = gen or dict(max_new_tokens=6, do_sample=False)
+    with torch.no_grad():
+        ref_logits = model(**inputs).logits
+    ref_ids = model.generate(**inputs, **gen)
+    with v2drop.apply(model, v2drop.DropSchedule.keep_all(list(layers))) as run:
+        with torch.no_grad():
+            logits = model(**inputs).logits
+        ids = model.generate(**inputs, **gen)
+    assert torch.equal(ids, ref_ids)
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=0)
+    return run.trace
+
+
+def greedy_answers(model, inputs, schedule, max_new_tokens):
+    """Generated ids after the prompt, unpatched and under ``schedule`` (sample 0)."""
+    import v2drop
+
+    n = inputs["input_ids"].shape[1]
+    gen = dict(max_new_tokens=max_new_tokens, do_sample=False)
+    with torch.inference_mode():
+        full_ids = model.generate(**inputs, **gen)[0, n:].tolist()
+        with v2drop.apply(model, schedule):
+            drop_ids = model.generate(**inputs, **gen)[0, n:].tolist()
+    return full_ids, drop_ids
+
+
+def decode_answer(tokenizer, ids):
+    return tokenizer.decode([i for i in ids if i != tokenizer.eos_token_id], skip_special_tokens=True).strip()
