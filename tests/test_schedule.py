@@ -76,3 +76,13 @@ def test_validate_against_depth():
     DropSchedule.parse("0:0.5").validate(8, allow_layer_zero=True)
     with pytest.raises(ValueError, match="outside the model"):
         DropSchedule.parse("8:0.5").validate(8)
+
+
+def test_closest_to_budget_moves_the_first_layer_then_clamps():
+    sched, note = DropSchedule.closest_to_budget(8, (2, 4, 6), 1 / 3, num_vision_tokens=256)
+    assert note is None and sched.layers == (2, 4, 6)
+    sched, note = DropSchedule.closest_to_budget(8, (2, 4, 6), 1 / 9, num_vision_tokens=256)
+    assert sched.layers[0] == 1 and "clamped" in note     # 1/8 is the floor once layer 0 sees all
+    assert abs(sched.average_kept(8, 256) / 256 - (1 / 8 + 0.01)) < 0.01
+    sched, note = DropSchedule.closest_to_budget(8, (4, 6), 0.3, num_vision_tokens=256)
+    assert sched.layers[0] < 4 and "cannot reach" in note

@@ -89,31 +89,15 @@ def paper_schedules(num_layers: int) -> dict[str, DropSchedule]:
     return out
 
 
-def _budget(num_layers: int, layers: tuple[int, ...], target: float, n: int) -> tuple[DropSchedule, str | None]:
-    try:
-        return DropSchedule.for_budget(num_layers, layers, target, num_vision_tokens=n), None
-    except ValueError:
-        pass
-    first = max(1, int(target * num_layers / 2))
-    early = tuple(sorted({first, *[l for l in layers if l > first]}))
-    try:
-        return (DropSchedule.for_budget(num_layers, early, target, num_vision_tokens=n),
-                f"layers {layers} cannot reach {target:.3f}; used {early}")
-    except ValueError:
-        floor = DropSchedule([(early[0], 0.0)]).average_kept(num_layers, n) / n + 0.01
-        return (DropSchedule.for_budget(num_layers, early, floor, num_vision_tokens=n),
-                f"{target:.3f} unreachable; clamped to {floor:.3f}")
-
-
 def matched_schedule(method: str, reference: DropSchedule, num_layers: int, n: int) -> tuple[DropSchedule, str | None]:
     """The schedule ``method`` runs at the layer-averaged budget of V²Drop's ``reference``."""
     target = reference.average_kept(num_layers, n) / n
     if method in ("v2drop", "v2drop-l1", "v2drop-cosine", "random", "uniform", "none"):
         return reference, None
     if method in ("fastv", "fastv-lite"):
-        return _budget(num_layers, (fastv_layer(num_layers),), target, n)
+        return DropSchedule.closest_to_budget(num_layers, (fastv_layer(num_layers),), target, n)
     if method == "pdrop":
-        return _budget(num_layers, pdrop_layers(num_layers), target, n)
+        return DropSchedule.closest_to_budget(num_layers, pdrop_layers(num_layers), target, n)
     if method == "downsample":
         return DropSchedule([(0, round(target, 4))]), None
     return reference, None

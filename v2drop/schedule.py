@@ -125,6 +125,32 @@ class DropSchedule:
                 hi = mid
         return cls((layer, round(hi, 4)) for layer in layers).validate(num_layers)
 
+    @classmethod
+    def closest_to_budget(
+        cls,
+        num_layers: int,
+        layers: Sequence[int],
+        target: float,
+        num_vision_tokens: int = 10_000,
+    ) -> tuple["DropSchedule", str | None]:
+        """:meth:`for_budget`, moving the first drop layer earlier when ``layers`` cannot reach
+        ``target``, and clamping ``target`` to the smallest reachable share when even that fails.
+        Returns ``(schedule, note)``; ``note`` says what was changed (``None`` if nothing)."""
+        layers = tuple(layers)
+        try:
+            return cls.for_budget(num_layers, layers, target, num_vision_tokens), None
+        except ValueError:
+            pass
+        first = max(1, int(target * num_layers / 2))
+        early = tuple(sorted({first, *[layer for layer in layers if layer > first]}))
+        try:
+            return (cls.for_budget(num_layers, early, target, num_vision_tokens),
+                    f"layers {layers} cannot reach {target:.3f}; used {early}")
+        except ValueError:
+            floor = cls([(early[0], 0.0)]).average_kept(num_layers, num_vision_tokens) / num_vision_tokens + 0.01
+            return (cls.for_budget(num_layers, early, floor, num_vision_tokens),
+                    f"{target:.3f} is unreachable without dropping at layer 0; clamped to {floor:.3f}")
+
     # ----------------------------------------------------------------- checks
     @property
     def layers(self) -> tuple[int, ...]:

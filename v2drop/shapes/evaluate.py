@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from ..schedule import DropSchedule
 from . import scenes
 
 DEFAULT_BUDGETS = (0.5, 1 / 3, 1 / 9)
@@ -129,43 +130,6 @@ def evaluate(model, processor, questions, method="none", schedule=None, batch_si
     return res
 
 
-def schedule_for_budget(num_layers, layers, target):
-    """``DropSchedule.for_budget`` with a fallback for budgets the layers cannot reach.
-
-    Variation-based methods cannot drop at layer 0, so on an 8-layer decoder dropping every
-    vision token at layer ``l`` still averages ``l/8`` of them: 1/9 is out of reach with
-    the default layers (2, 4, 6).  Then the first drop layer moves to 1, and if even that is
-    not enough the target is clamped to the smallest reachable share (+0.01).
-    Returns ``(schedule, note)``; ``note`` is ``None`` when the request was met as asked.
-    """
-    from v2drop import DropSchedule
-
-    layers = tuple(layers)
-    try:
-        return DropSchedule.for_budget(num_layers=num_layers, layers=layers, target=target), None
-    except ValueError:
-        pass
-    early = tuple(sorted({1, *layers}))
-    try:
-        return (DropSchedule.for_budget(num_layers=num_layers, layers=early, target=target),
-                f"layers {layers} cannot reach {target:.3f}; used layers {early}")
-    except ValueError:
-        floor = 1.0 / num_layers + 0.01
-        return (DropSchedule.for_budget(num_layers=num_layers, layers=early, target=floor),
-                f"target {target:.3f} is unreachable without dropping at layer 0; clamped to {floor:.3f}")
-
-
-def _schedule_desc(sched):
-    for name in ("to_string", "spec", "__str__"):
-        f = getattr(sched, name, None)
-        if f is not None:
-            try:
-                return str(f() if callable(f) else f)
-            except Exception:  # noqa: BLE001
-                pass
-    return repr(sched)
-
-
 def format_table(rows, qtypes=scenes.QTYPES) -> str:
     head = ["method", "budget", "schedule", "avg kept", "overall"] + list(qtypes)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -210,22 +174,17 @@ def main(argv=None):
             rows.append(r)
             print(format_table(rows[-1:]).splitlines()[-1], flush=True)
             continue
-        try:
-            from v2drop import DropSchedule
-        except ImportError as e:
-            print(f"skipping method {method!r}: engine not available ({e})", flush=True)
-            continue
         if args.schedules:
             specs = [(None, DropSchedule.parse(s), None) for s in args.schedules.split(";")]
         else:
             layers = tuple(int(x) for x in args.layers.split(","))
-            specs = [(float(b), *schedule_for_budget(num_layers, layers, float(b)))
+            specs = [(float(b), *DropSchedule.closest_to_budget(num_layers, layers, float(b)))
                      for b in args.budgets.split(",")]
         for budget, sched, note in specs:
             if note:
                 print(f"note: {note}", flush=True)
             r = evaluate(model, processor, questions, method=method, schedule=sched, batch_size=args.batch_size)
-            r.update(budget=budget, schedule=_schedule_desc(sched), note=note,
+            r.update(budget=budget, schedule=str(sched), note=note,
                      avg_kept=float(sched.average_kept(num_layers=num_layers, num_vision_tokens=NUM_VISION_TOKENS)))
             rows.append(r)
             print(format_table(rows[-1:]).splitlines()[-1], flush=True)
