@@ -7,7 +7,6 @@ import torch
 
 import tiny_models as tm
 import v2drop
-from v2drop import DropSchedule
 
 FAMILIES = tm.FAMILIES
 ATTNS = ("sdpa", "eager")
@@ -38,19 +37,10 @@ def test_keep_all_is_exact(tiny, family, attn):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_cache_equals_no_cache(tiny, family, attn):
     model, processor = tiny(family, attn)
-    inputs = batch(processor)
-    with v2drop.apply(model, SCHEDULE) as run:
-        cached = model.generate(**inputs, use_cache=True, **GEN)
-        trace = run.trace
-        uncached = model.generate(**inputs, use_cache=False, **GEN)
-    assert torch.equal(cached, uncached)
-    n = trace.samples[0].num_vision_tokens
-    assert n > 0
-    assert trace.samples[0].alive_per_layer == DropSchedule.parse(SCHEDULE).alive_per_layer(6, n)
-    assert trace.kv_cache_bytes and trace.tokens_generated == GEN["max_new_tokens"]
-    # the pruned model really answers differently from the full one somewhere is not required,
-    # but the KV cache of the pruned run must be smaller than the full prompt would need
-    assert run.trace.prefill_calls == GEN["max_new_tokens"]  # no cache: every step re-runs the prompt
+    cached, uncached = tm.assert_cache_equals_no_cache(model, batch(processor), SCHEDULE, GEN)
+    assert cached.kv_cache_bytes and cached.tokens_generated == GEN["max_new_tokens"]
+    assert cached.prefill_calls == 1
+    assert uncached.prefill_calls == GEN["max_new_tokens"]  # no cache: every step re-runs the prompt
 
 
 @pytest.mark.parametrize("family", FAMILIES)

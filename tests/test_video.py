@@ -14,7 +14,6 @@ from PIL import Image
 
 import tiny_models as tm
 import v2drop
-from v2drop import DropSchedule
 from v2drop.video import (CPU_NUM_FRAMES, VIDEO_FRAME_DEFAULTS, DecodedVideo, VideoLimits, default_num_frames,
                           load_video, sample_indices, write_video)
 from v2drop.video_inputs import (frames_per_layout_frame, layout_frame_to_video_frames, prepare_video,
@@ -315,14 +314,7 @@ def test_video_keep_all_is_exact(tiny, family, attn):
 @pytest.mark.parametrize("family", VIDEO_FAMILIES)
 def test_video_cache_equals_no_cache(tiny, family, attn):
     model, processor = tiny(family, attn)
-    inputs = _video_batch(processor)
-    with v2drop.apply(model, SCHEDULE) as run:
-        cached = model.generate(**inputs, use_cache=True, **GEN)
-        trace = run.trace
-        uncached = model.generate(**inputs, use_cache=False, **GEN)
-    assert torch.equal(cached, uncached)
-    n = trace.samples[0].num_vision_tokens
-    assert trace.samples[0].alive_per_layer == DropSchedule.parse(SCHEDULE).alive_per_layer(6, n)
+    tm.assert_cache_equals_no_cache(model, _video_batch(processor), SCHEDULE, GEN)
 
 
 @pytest.mark.parametrize("family", ["llava_onevision", "qwen2_vl", "qwen2_5_vl"])

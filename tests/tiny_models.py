@@ -205,3 +205,20 @@ def greedy_answers(model, inputs, schedule, max_new_tokens):
 
 def decode_answer(tokenizer, ids):
     return tokenizer.decode([i for i in ids if i != tokenizer.eos_token_id], skip_special_tokens=True).strip()
+
+
+def assert_cache_equals_no_cache(model, inputs, schedule, gen):
+    """Under ``schedule``, cached and uncached greedy generation agree token for token, and the
+    cached run dropped as the schedule says; returns the traces of the cached and uncached runs."""
+    import v2drop
+
+    with v2drop.apply(model, schedule) as run:
+        cached = model.generate(**inputs, use_cache=True, **gen)
+        trace = run.trace
+        uncached = model.generate(**inputs, use_cache=False, **gen)
+    assert torch.equal(cached, uncached)
+    sample = trace.samples[0]
+    assert sample.num_vision_tokens > 0
+    depth = len(v2drop.get_adapter(model).decoder_layers())
+    assert sample.alive_per_layer == v2drop.DropSchedule.parse(schedule).alive_per_layer(depth, sample.num_vision_tokens)
+    return trace, run.trace
