@@ -6,7 +6,7 @@ import torch
 
 import tiny_models as tm
 import v2drop
-from v2drop import DropSchedule, ScoreContext, baselines
+from v2drop import DropSchedule, ScoreContext, baselines  # noqa: F401  (registers the rules)
 
 GEN = dict(max_new_tokens=4, do_sample=False)
 ATTENTION_RULES = ("fastv", "fastv-lite", "pdrop")

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from v2drop.shapes import scenes
 from v2drop.shapes.evaluate import evaluate, first_word, format_table

@@ -5,7 +5,6 @@ import pytest
 from PIL import Image
 
 import tiny_models
-import v2drop
 from v2drop.chat import stream_pair
 from v2drop.trace import PatchLayout, SampleTrace, Trace
 from visualize import charts, overlay, story
@@ -85,7 +84,7 @@ def test_kept_overlay_paints_exactly_the_dropped_patches(layer):
 
 def test_multi_crop_layout_gets_one_panel_per_frame_and_skips_newlines():
     s = grid_sample(4, 4, frames=2, newline=True)  # base 4×4, crop 4×4 with a newline token per row
-    trace = with_drops(s, stages=((2, 0.5),))
+    with_drops(s, stages=((2, 0.5),))
     img = overlay.kept_overlay(Image.new("RGB", (200, 100), WHITE), s, 2, size=200)
     assert img.width > 2 * 200 - 1  # two panels side by side, each 200 wide
     counts = classify(img.crop((0, 18, img.width, img.height)))

@@ -39,7 +39,7 @@ always real; prompts right-padded would query a pad token.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 

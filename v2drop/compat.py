@@ -16,15 +16,13 @@ from packaging.version import Version
 
 __all__ = [
     "TESTED_TRANSFORMERS", "check_transformers_version", "cache_from_kwargs", "past_length",
-    "cached_length", "kv_cache_bytes", "LAYER_KWARGS",
+    "cached_length", "kv_cache_bytes",
 ]
 
 # The range whose decoder loop, mask builder and cache layout the test suite covers.
 TESTED_TRANSFORMERS = (Version("5.24.0"), Version("5.25.0"))
 ALLOW_UNTESTED_ENV = "V2DROP_ALLOW_UNTESTED_TRANSFORMERS"
 
-# Keyword arguments that the decoder loop passes to every layer and that the engine slices.
-LAYER_KWARGS = ("attention_mask", "position_embeddings", "position_ids")
 CACHE_KWARGS = ("cache", "past_key_values")  # 5.24 renamed past_key_values -> cache
 
 
