@@ -47,6 +47,7 @@ from typing import Any
 import torch
 
 from . import compat
+from .memory import process_rss
 from .schedule import PRESETS, DropSchedule
 
 __all__ = ["main", "matched_schedule", "paper_schedules", "run_speed", "run_accuracy", "fastv_layer"]
@@ -104,11 +105,6 @@ def matched_schedule(method: str, reference: DropSchedule, num_layers: int, n: i
 
 
 # ----------------------------------------------------------------------------- measuring
-def _rss() -> int:
-    with open("/proc/self/statm", "rb") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def _reset_peak() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as fh:
@@ -173,7 +169,7 @@ def run_once(model, inputs: dict, method: str, schedule: DropSchedule | None, ma
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     else:
-        before = _rss()
+        before = process_rss() or 0
         _reset_peak()
     timer = LLMTimer(model.model.language_model, cuda, clock)
     session = contextlib.nullcontext() if method == "none" else apply(model, schedule, method=method)

@@ -34,6 +34,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .compat import kv_cache_bytes
 from .engine import apply
+from .memory import memory_now
 from .schedule import PRESETS, DropSchedule
 from .trace import Trace
 from .video import SUPPORTED_EXTENSIONS, DecodedVideo, VideoLimits, load_video
@@ -355,16 +356,6 @@ def _eos_ids(model: torch.nn.Module, processor: Any) -> set[int]:
     return ids
 
 
-def _memory_now(device: torch.device) -> tuple[int | None, str]:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device), "cuda_max_allocated"
-    try:
-        with open("/proc/self/statm", "rb") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"), "process_rss"
-    except (OSError, ValueError, IndexError):
-        return None, ""
-
-
 def stream_pair(
     model: torch.nn.Module,
     processor: Any,
@@ -443,7 +434,7 @@ def stream_pair(
         stats.tokens = len(run.ids)
         if stats.first_token_seconds is None:
             stats.first_token_seconds = time.perf_counter() - start
-        peak, kind = _memory_now(device)
+        peak, kind = memory_now(device)
         if peak is not None:
             stats.peak_memory_bytes = max(stats.peak_memory_bytes or 0, peak)
             stats.memory_kind = kind

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from . import compat
+from .memory import memory_now
 from .adapters import ModelAdapter, get_adapter
 from .schedule import DropSchedule
 from .scoring import ScoreContext, ScoringRule, get_method, variation
@@ -225,10 +225,7 @@ class DropSession:
             ))
 
     def _sample_memory(self) -> None:
-        if self._is_cuda:
-            peak, kind = torch.cuda.max_memory_allocated(), "cuda_max_allocated"
-        else:
-            peak, kind = _process_rss(), "process_rss"
+        peak, kind = memory_now(torch.device("cuda" if self._is_cuda else "cpu"))
         if peak is not None:
             self.trace.peak_memory_bytes = max(self.trace.peak_memory_bytes or 0, peak)
             self.trace.memory_kind = kind
@@ -470,12 +467,3 @@ def _first_param_device(module: nn.Module) -> torch.device:
         return next(module.parameters()).device
     except StopIteration:
         return torch.device("cpu")
-
-
-def _process_rss() -> int | None:
-    """Resident set size of this process in bytes (Linux), or None where unreadable."""
-    try:
-        with open("/proc/self/statm", "rb") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
