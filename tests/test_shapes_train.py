@@ -1,0 +1,62 @@
+"""The Shapes training command: its training aids and a two-step end-to-end run with resume."""
+
+import json
+import os
+
+import torch
+
+from v2drop.shapes import scenes
+from v2drop.shapes.model import build_model, build_processor
+from v2drop.shapes.train import GRID, init_position_embeddings, main, make_aux_head, patch_labels
+
+
+def test_patch_labels_mark_the_object_under_each_patch():
+    obj = scenes.Obj("square", "blue", x=20.0, y=100.0, r=15.0)
+    shape_l, color_l, centre = patch_labels([obj])
+    k = int(100 // 8) * GRID + int(20 // 8)  # the patch holding the centre (row 12, col 2)
+    assert shape_l[k] == 1 + scenes.SHAPES.index("square") and color_l[k] == 1 + scenes.COLOR_NAMES.index("blue")
+    assert centre.sum() == 1 and centre[k] == 1
+    assert shape_l[0] == 0 and color_l[GRID * GRID - 1] == 0  # far corners are background
+
+
+def test_aux_head_scores_patches_against_the_word_embeddings():
+    proc = build_processor()
+    model = build_model(seed=0, tokenizer=proc.tokenizer)
+    aux = make_aux_head(model, proc.tokenizer)
+    emb = model.get_input_embeddings().weight
+    feats = torch.randn(2, GRID * GRID, emb.shape[1])
+    z = aux.logits(feats)
+    star = proc.tokenizer.convert_tokens_to_ids("star")
+    k = 1 + scenes.SHAPES.index("star")
+    assert torch.allclose(z[:, k], feats.flatten(0, 1) @ emb[star] + aux.bias[k], atol=1e-5)
+    # the embedding stays owned by the model: the head adds no copy of it to an optimiser
+    assert all(p is not emb for p in aux.parameters())
+
+
+def test_sincos_position_init_makes_neighbours_similar():
+    model = build_model(seed=0)
+    init_position_embeddings(model, 0.3)
+    pos = model.model.vision_tower.embeddings.position_embedding.weight
+    cos = torch.nn.functional.cosine_similarity
+    centre = 8 * GRID + 8
+    assert cos(pos[centre], pos[centre + 1], dim=0) > cos(pos[centre], pos[0], dim=0) + 0.2
+
+
+def test_two_step_run_saves_a_loadable_model_and_resumes(tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    out, ck = tmp_path / "model", tmp_path / "ckpt"
+    args = ["--out", str(out), "--ckpt-dir", str(ck), "--vision-steps", "2", "--vision-batch-size", "2",
+            "--steps", "2", "--batch-size", "2", "--val-every", "1000", "--threads", "1", "--ckpt-minutes", "0"]
+    main(args)
+    model = AutoModelForImageTextToText.from_pretrained(out, local_files_only=True)
+    assert model.config.model_type == "llava"
+    saved = json.load(open(out / "training_args.json"))
+    assert saved["steps"] == 2 and saved["resumed_from_step"] == 0
+    assert os.path.exists(ck / "last.pt")
+    # resuming a finished run skips both stages and saves the same weights
+    main(args + ["--resume"])
+    again = AutoModelForImageTextToText.from_pretrained(out, local_files_only=True)
+    assert json.load(open(out / "training_args.json"))["resumed_from_step"] == 2
+    for (n, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), n
