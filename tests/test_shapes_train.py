@@ -7,7 +7,8 @@ import torch
 
 from v2drop.shapes import scenes
 from v2drop.shapes.model import build_model, build_processor
-from v2drop.shapes.train import GRID, init_position_embeddings, main, make_aux_head, patch_labels
+from v2drop.shapes.train import (GRID, IMAGE_START, Encoder, attention_losses, init_position_embeddings, main,
+                                 make_aux_head, make_batch, patch_labels, train_samples)
 
 
 def test_patch_labels_mark_the_object_under_each_patch():
@@ -17,6 +18,34 @@ def test_patch_labels_mark_the_object_under_each_patch():
     assert shape_l[k] == 1 + scenes.SHAPES.index("square") and color_l[k] == 1 + scenes.COLOR_NAMES.index("blue")
     assert centre.sum() == 1 and centre[k] == 1
     assert shape_l[0] == 0 and color_l[GRID * GRID - 1] == 0  # far corners are background
+
+
+def test_attention_targets_point_at_the_shape_word_and_its_objects():
+    proc = build_processor()
+    tok = proc.tokenizer
+    samples = train_samples(1234, 3, 4, max_turns=5)
+    batch, targets = make_batch(Encoder(tok), samples, 5)
+    ids = batch["input_ids"]
+    assert len(targets) >= len(samples)
+    for b, word, assistant, mask in targets:
+        w = tok.convert_ids_to_tokens(int(ids[b, word]))
+        assert w in scenes.SHAPES or w in scenes.PLURAL.values()
+        assert tok.convert_ids_to_tokens(int(ids[b, assistant])) == "<|assistant|>" and word < assistant
+        shape = w if w in scenes.SHAPES else {v: k for k, v in scenes.PLURAL.items()}[w]
+        named = [o for o in samples[b].objects if o.shape == shape]
+        assert bool(mask.any()) == bool(named) or tok.convert_ids_to_tokens(int(ids[b, word - 1])) in scenes.COLORS
+    # attention exactly on the targets gives ~zero loss, uniform attention a large one
+    n, L = len(samples), ids.shape[1]
+    perfect = torch.zeros(n, 2, L, L)
+    for b, word, assistant, mask in targets:
+        if mask.any():
+            perfect[b, 0, word, IMAGE_START: IMAGE_START + GRID * GRID] = mask.float() / mask.sum()
+        perfect[b, 0, assistant, word] = 1.0
+    retrieval, reading = attention_losses(perfect, perfect, targets, head=0)
+    assert retrieval.item() < 1e-4 and reading.item() < 1e-4
+    uniform = torch.full((n, 2, L, L), 1.0 / L)
+    retrieval, reading = attention_losses(uniform, uniform, targets, head=0)
+    assert retrieval.item() > 2.0 and reading.item() > 5.0
 
 
 def test_aux_head_scores_patches_against_the_word_embeddings():
