@@ -327,11 +327,7 @@ def run_stage1(model, aux, captured, args, device, ckpt_path, opt) -> None:
     vstart, vema = 0, None
     stage1_path = ckpt_path.replace("last.pt", "stage1.pt")
     if args.resume and os.path.exists(stage1_path):
-        ck = torch.load(stage1_path, map_location=device, weights_only=False)
-        model.load_state_dict(ck["model"])
-        aux.load_state_dict(ck["aux"])
-        vopt.load_state_dict(ck["vopt"])
-        vstart = ck["vstep"]
+        vstart = load_checkpoint(stage1_path, model, aux, vopt, "vopt", "vstep", device)
         print(f"resumed stage 1 at step {vstart}", flush=True)
     held_out = [scenes.sample(VAL_SEED + 1, i, balanced=False) for i in range(64)]
     held_pix = pixel_values_from_images([s.image for s in held_out]).to(device)
@@ -368,6 +364,15 @@ def run_stage1(model, aux, captured, args, device, ckpt_path, opt) -> None:
     torch.save({"model": model.state_dict(), "aux": aux.state_dict(), "opt": opt.state_dict(), "step": 0,
                 "args": vars(args)}, ckpt_path)
     print(f"stage 1 done in {(time.time() - t1) / 60:.1f} min", flush=True)
+
+
+def load_checkpoint(path, model, aux, optimizer, opt_key, step_key, device) -> int:
+    """Restore model, probe and optimiser from ``path``; returns the step to continue from."""
+    ck = torch.load(path, map_location=device, weights_only=False)
+    model.load_state_dict(ck["model"])
+    aux.load_state_dict(ck["aux"])
+    optimizer.load_state_dict(ck[opt_key])
+    return ck[step_key]
 
 
 def param_groups(params, weight_decay):
@@ -446,11 +451,7 @@ def main(argv=None):
     ckpt_path = os.path.join(args.ckpt_dir, "last.pt")
     os.makedirs(args.ckpt_dir, exist_ok=True)
     if args.resume and os.path.exists(ckpt_path):
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        model.load_state_dict(ck["model"])
-        aux.load_state_dict(ck["aux"])
-        opt.load_state_dict(ck["opt"])
-        start = ck["step"]
+        start = load_checkpoint(ckpt_path, model, aux, opt, "opt", "step", device)
         print(f"resumed from {ckpt_path} at step {start}", flush=True)
     elif args.vision_steps > 0 and not args.bench_steps:
         run_stage1(model, aux, captured, args, device, ckpt_path, opt)
