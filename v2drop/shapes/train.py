@@ -53,6 +53,13 @@ from .model import NUM_VISION_TOKENS, build_model, build_processor
 VAL_SEED = 55555  # small validation stream (neither the training nor the benchmark seed)
 VISION_SEED_OFFSET = 100_000  # stage-1 scenes come from stream data_seed + this
 GRID = 16  # 16x16 patches of 8 px
+PATCH = 8
+PATCH_CENTRES = np.arange(GRID) * PATCH + (PATCH - 1) / 2  # pixel centre of each patch row / column
+
+
+def centre_patch(obj) -> int:
+    """Index (row-major, like the patch sequence) of the patch holding an object's centre."""
+    return min(GRID - 1, int(obj.y // PATCH)) * GRID + min(GRID - 1, int(obj.x // PATCH))
 
 
 def patch_labels(objects):
@@ -60,8 +67,7 @@ def patch_labels(objects):
     shape_l = np.zeros(GRID * GRID, dtype=np.int64)
     color_l = np.zeros(GRID * GRID, dtype=np.int64)
     centre = np.zeros(GRID * GRID, dtype=np.int64)
-    c = (np.arange(GRID) * 8 + 3.5)
-    xx, yy = np.meshgrid(c, c)  # row-major like the patch sequence
+    xx, yy = np.meshgrid(PATCH_CENTRES, PATCH_CENTRES)  # row-major like the patch sequence
     xx, yy = xx.ravel(), yy.ravel()
     for o in objects:
         dx, dy = xx - o.x, yy - o.y
@@ -73,7 +79,7 @@ def patch_labels(objects):
             inside = np.hypot(dx, dy) < 0.55 * o.r
         shape_l[inside] = 1 + scenes.SHAPES.index(o.shape)
         color_l[inside] = 1 + scenes.COLOR_NAMES.index(o.color)
-        centre[min(GRID - 1, int(o.y // 8)) * GRID + min(GRID - 1, int(o.x // 8))] = 1
+        centre[centre_patch(o)] = 1
     return shape_l, color_l, centre
 
 
@@ -128,8 +134,7 @@ class AuxHead(torch.nn.Module):
         ok = total = 0
         for i, s in enumerate(samples):
             for o in s.objects:
-                k = min(GRID - 1, int(o.y // 8)) * GRID + min(GRID - 1, int(o.x // 8))
-                ok += int(z[i, k].argmax().item() == scenes.SHAPES.index(o.shape))
+                ok += int(z[i, centre_patch(o)].argmax().item() == scenes.SHAPES.index(o.shape))
                 total += 1
         return ok / max(1, total)
 
@@ -204,10 +209,9 @@ _SHAPE_OF_WORD = {**{w: w for w in scenes.SHAPES}, **{p: s for s, p in scenes.PL
 
 def object_patches(obj) -> np.ndarray:
     """Boolean (256,) mask of the patches an object covers (patch centre inside ~0.9 r)."""
-    c = np.arange(GRID) * 8 + 3.5
-    xx, yy = np.meshgrid(c, c)
+    xx, yy = np.meshgrid(PATCH_CENTRES, PATCH_CENTRES)
     mask = (np.hypot(xx - obj.x, yy - obj.y) < 0.9 * obj.r).ravel()
-    mask[min(GRID - 1, int(obj.y // 8)) * GRID + min(GRID - 1, int(obj.x // 8))] = True
+    mask[centre_patch(obj)] = True
     return mask
 
 
@@ -357,13 +361,16 @@ def run_stage1(model, aux, captured, args, device, ckpt_path, opt) -> None:
                   f"held-out object shape acc {shape_accuracy():.3f} "
                   f"elapsed {(time.time() - t1) / 60:.1f} min", flush=True)
         if time.time() - last_ck > args.ckpt_minutes * 60:
-            torch.save({"model": model.state_dict(), "aux": aux.state_dict(), "vopt": vopt.state_dict(),
-                        "vstep": vstep + 1}, stage1_path + ".tmp")
-            os.replace(stage1_path + ".tmp", stage1_path)
+            save_checkpoint(stage1_path, model, aux, vopt=vopt.state_dict(), vstep=vstep + 1)
             last_ck = time.time()
-    torch.save({"model": model.state_dict(), "aux": aux.state_dict(), "opt": opt.state_dict(), "step": 0,
-                "args": vars(args)}, ckpt_path)
+    save_checkpoint(ckpt_path, model, aux, opt=opt.state_dict(), step=0, args=vars(args))
     print(f"stage 1 done in {(time.time() - t1) / 60:.1f} min", flush=True)
+
+
+def save_checkpoint(path, model, aux, **state) -> None:
+    """Write model + probe + ``state`` (optimiser, step, ...) atomically (a .tmp file, then rename)."""
+    torch.save({"model": model.state_dict(), "aux": aux.state_dict(), **state}, path + ".tmp")
+    os.replace(path + ".tmp", path)
 
 
 def load_checkpoint(path, model, aux, optimizer, opt_key, step_key, device) -> int:
@@ -409,7 +416,7 @@ def main(argv=None):
     ap.add_argument("--data-seed", type=int, default=scenes.TRAIN_SEED)
     ap.add_argument("--ckpt-dir", default=os.environ.get("SHAPES_CKPT_DIR", "/work/ckpt/shapes"))
     ap.add_argument("--ckpt-minutes", type=float, default=4.0)
-    ap.add_argument("--resume", action="store_true", help="resume from --ckpt-dir/last.pt")
+    ap.add_argument("--resume", action="store_true", help="resume from --ckpt-dir (stage1.pt during stage 1, last.pt after)")
     ap.add_argument("--val-every", type=int, default=250)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("SHAPES_THREADS", "2")))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -509,10 +516,7 @@ def main(argv=None):
             acc = quick_val(model, enc, val, device)
             print(f"\nstep {step + 1} val " + " ".join(f"{k}={v:.3f}" for k, v in acc.items()), flush=True)
         if time.time() - last_ck > args.ckpt_minutes * 60:
-            torch.save({"model": model.state_dict(), "aux": aux.state_dict(), "opt": opt.state_dict(),
-                        "step": step + 1,
-                        "args": vars(args)}, ckpt_path + ".tmp")
-            os.replace(ckpt_path + ".tmp", ckpt_path)
+            save_checkpoint(ckpt_path, model, aux, opt=opt.state_dict(), step=step + 1, args=vars(args))
             last_ck = time.time()
     if bar is not None:
         bar.close()
