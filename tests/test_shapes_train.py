@@ -1,14 +1,16 @@
 """The Shapes training command: its training aids and a two-step end-to-end run with resume."""
 
 import json
+import math
 import os
 
 import torch
 
 from v2drop.shapes import scenes
 from v2drop.shapes.model import build_model, build_processor
-from v2drop.shapes.train import (GRID, IMAGE_START, Encoder, attention_losses, init_position_embeddings, main,
-                                 make_aux_head, make_batch, patch_labels, train_samples)
+from v2drop.shapes.train import (GRID, IMAGE_START, Encoder, attention_losses, centre_patch,
+                                 eager_attention_only_in, init_position_embeddings, main, make_aux_head, make_batch,
+                                 patch_labels, train_samples)
 
 
 def test_patch_labels_mark_the_object_under_each_patch():
@@ -27,25 +29,69 @@ def test_attention_targets_point_at_the_shape_word_and_its_objects():
     batch, targets = make_batch(Encoder(tok), samples, 5)
     ids = batch["input_ids"]
     assert len(targets) >= len(samples)
-    for b, word, assistant, mask in targets:
+    for b, word, assistant, masks in targets:
         w = tok.convert_ids_to_tokens(int(ids[b, word]))
         assert w in scenes.SHAPES or w in scenes.PLURAL.values()
         assert tok.convert_ids_to_tokens(int(ids[b, assistant])) == "<|assistant|>" and word < assistant
         shape = w if w in scenes.SHAPES else {v: k for k, v in scenes.PLURAL.items()}[w]
-        named = [o for o in samples[b].objects if o.shape == shape]
-        assert bool(mask.any()) == bool(named) or tok.convert_ids_to_tokens(int(ids[b, word - 1])) in scenes.COLORS
-    # attention exactly on the targets gives ~zero loss, uniform attention a large one
-    n, L = len(samples), ids.shape[1]
-    perfect = torch.zeros(n, 2, L, L)
-    for b, word, assistant, mask in targets:
-        if mask.any():
-            perfect[b, 0, word, IMAGE_START: IMAGE_START + GRID * GRID] = mask.float() / mask.sum()
-        perfect[b, 0, assistant, word] = 1.0
-    retrieval, reading = attention_losses(perfect, perfect, targets, head=0)
-    assert retrieval.item() < 1e-4 and reading.item() < 1e-4
+        before = tok.convert_ids_to_tokens(int(ids[b, word - 1]))
+        named = [o for o in samples[b].objects
+                 if o.shape == shape and (before not in scenes.COLORS or o.color == before)]
+        assert masks.shape == (len(named), GRID * GRID)  # one mask per named object, none when absent
+        for o, mask in zip(sorted(named, key=centre_patch), sorted(masks, key=lambda m: int(m.float().argmax()))):
+            assert mask[centre_patch(o)]
+    assert any(len(m) == 0 for *_, m in targets) and any(len(m) > 1 for *_, m in targets)
+
+
+def test_attention_losses_are_lowest_on_the_target_pattern():
+    proc = build_processor()
+    samples = train_samples(1234, 3, 4, max_turns=5)
+    batch, targets = make_batch(Encoder(proc.tokenizer), samples, 5)
+    n, L = len(samples), batch["input_ids"].shape[1]
+
+    def pattern(object_share):
+        """Attention with <s> : each named object = 1 : object_share (spread over the object's patches)."""
+        att = torch.zeros(n, 2, L, L)
+        for b, word, assistant, masks in targets:
+            row = torch.zeros(L)
+            row[0] = 1.0
+            for m in masks:
+                row[IMAGE_START: IMAGE_START + GRID * GRID] += object_share * m.float() / m.sum()
+            att[b, 0, word] = row / row.sum()
+            att[b, 0, assistant, word] = 1.0
+        return att
+
+    target = pattern(1.0)
+    before = torch.zeros(n, 2, L, L)
+    for b, word, _, _ in targets:
+        before[b, 0, word, word - 1] = 1.0
+    previous, retrieval, reading = attention_losses(before, target, target, targets, head=0)
+    # the optimum of the retrieval loss is the entropy of "1/(k+1) each": mean log(k+1)
+    entropy = sum(math.log(len(m) + 1) for *_, m in targets) / len(targets)
+    assert previous.item() < 1e-4 and reading.item() < 1e-4
+    assert abs(retrieval.item() - entropy) < 1e-4
+    for share in (0.5, 2.0):  # too little / too much on the objects (a wrong count) costs more
+        assert attention_losses(before, pattern(share), target, targets, head=0)[1].item() > entropy + 0.01
     uniform = torch.full((n, 2, L, L), 1.0 / L)
-    retrieval, reading = attention_losses(uniform, uniform, targets, head=0)
-    assert retrieval.item() > 2.0 and reading.item() > 5.0
+    previous, retrieval, reading = attention_losses(uniform, uniform, uniform, targets, head=0)
+    assert previous.item() > 5.0 and retrieval.item() > entropy + 2.0 and reading.item() > 5.0
+
+
+def test_eager_only_in_supervised_layers_matches_the_stock_model():
+    proc = build_processor()
+    model = build_model(seed=0, tokenizer=proc.tokenizer).eval()
+    batch, _ = make_batch(Encoder(proc.tokenizer), train_samples(1234, 0, 2, max_turns=3), 3)
+    with torch.no_grad():
+        reference = model(**batch).logits
+        restore = eager_attention_only_in(model, {1, 2})
+        layers = model.model.language_model.layers
+        kinds = [layer.self_attn.config._attn_implementation for layer in layers]
+        assert kinds[1] == kinds[2] == "eager" and kinds.count("sdpa") == len(layers) - 2
+        mixed = model(**batch).logits
+        restore()
+        assert model.config.text_config._attn_implementation == "sdpa"
+        assert all(layer.self_attn.config is model.config.text_config for layer in layers)
+    torch.testing.assert_close(mixed, reference, atol=1e-4, rtol=1e-4)
 
 
 def test_aux_head_scores_patches_against_the_word_embeddings():

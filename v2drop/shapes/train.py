@@ -39,6 +39,7 @@ Resuming (``--resume``) works in both stages.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -216,22 +217,24 @@ def object_patches(obj) -> np.ndarray:
 
 
 def retrieval_target(question: str, objects):
-    """(index of the shape word in the question's words, patch mask of the objects it refers to;
-    an all-False mask when nothing in the scene matches), or None for a question without one."""
+    """(index of the shape word in the question's words, (k, 256) patch masks of the k objects
+    it refers to; k = 0 when nothing in the scene matches), or None for a question without one.
+    A colour word right before the shape word narrows the match ("red circle")."""
     words = question.split()
     for i, w in enumerate(words):
         if w in _SHAPE_OF_WORD:
             shape = _SHAPE_OF_WORD[w]
             color = words[i - 1] if i > 0 and words[i - 1] in scenes.COLORS else None
-            hits = [o for o in objects if o.shape == shape and (color is None or o.color == color)]
-            return i, np.logical_or.reduce([object_patches(o) for o in hits] + [np.zeros(GRID * GRID, bool)])
+            hits = [object_patches(o) for o in objects
+                    if o.shape == shape and (color is None or o.color == color)]
+            return i, np.stack(hits) if hits else np.zeros((0, GRID * GRID), bool)
     return None
 
 
 def make_batch(enc, samples, max_turns):
     """Padded batch of multi-turn sequences.  ``targets`` lists, for every question that names a
-    shape, ``(row, position of the shape word, position of the turn's <|assistant|>, patch mask
-    of the objects the words name)`` for the attention losses (``attention_losses``)."""
+    shape, ``(row, position of the shape word, position of the turn's <|assistant|>, (k, 256)
+    patch masks of the k objects the words name)`` for the attention losses (``attention_losses``)."""
     seqs, targets = [], []
     for b, s in enumerate(samples):
         qa = [(s.question, s.answer)] + [(q, a) for q, a, _ in s.extra][: max_turns - 1]
@@ -253,25 +256,33 @@ def make_batch(enc, samples, max_turns):
             "pixel_values": pixel_values_from_images([s.image for s in samples])}, targets
 
 
-def attention_losses(retrieve: torch.Tensor, read: torch.Tensor, targets, head: int):
-    """The two hops of a question, as attention targets for one head each (training aid).
+def attention_losses(previous: torch.Tensor, retrieve: torch.Tensor, read: torch.Tensor, targets, head: int):
+    """The hops of a question, as attention targets for one head each (training aid).
 
-    retrieve: (batch, heads, seq, seq) attention probabilities of ``--attn-layer``: the shape
-        word should look at the patches of the objects the question names
-        (-log of the attention mass there; questions about absent objects are skipped).
-    read: the same for ``--read-layer``: the <|assistant|> token, whose output is the answer,
-        should look at the shape word (-log of that attention weight).
-    Returns the two losses, each averaged over questions."""
+    Each argument is a (batch, heads, seq, seq) tensor of attention probabilities.
+
+    previous (``--prev-layer``): the shape word looks at the word before it, so a colour
+        ("red circle") is in the shape word's hidden state before it looks for its objects.
+    retrieve (``--attn-layer``): the shape word looks at <s> (position 0, a fixed "nothing"
+        slot) and at each of the k objects the question names, with equal mass 1/(k+1) each
+        (the split of an object's mass over its own patches is free).  What the head reads
+        then holds the count (the <s> share 1/(k+1)), existence (all mass on <s>: nothing
+        matches), and the named objects' colour and place.
+    read (``--read-layer``): the <|assistant|> token, whose output is the answer, looks at
+        the shape word.
+    Every loss is a negative log-likelihood averaged over questions.  Returns the three."""
     rows = torch.tensor([t[0] for t in targets])
     word = torch.tensor([t[1] for t in targets])
     answer = torch.tensor([t[2] for t in targets])
-    masks = torch.stack([t[3] for t in targets]).to(retrieve.device)
-    present = masks.any(-1)
-    to_image = retrieve[rows, head, word, IMAGE_START: IMAGE_START + GRID * GRID]  # (n_questions, 256)
-    mass = (to_image * masks).sum(-1)[present]
-    retrieval = -torch.log(mass + 1e-6).mean() if len(mass) else to_image.sum() * 0.0
+    previous_loss = -torch.log(previous[rows, head, word, word - 1] + 1e-6).mean()
     reading = -torch.log(read[rows, head, answer, word] + 1e-6).mean()
-    return retrieval, reading
+    to_keys = retrieve[rows, head, word]  # (n_questions, seq)
+    retrieval = []
+    for q, (_, _, _, masks) in enumerate(targets):
+        objects = to_keys[q, IMAGE_START: IMAGE_START + GRID * GRID] @ masks.to(to_keys).T  # (k,)
+        groups = torch.cat([to_keys[q, :1], objects])  # <s>, then one entry per object
+        retrieval.append(-torch.log(groups + 1e-6).mean())
+    return previous_loss, torch.stack(retrieval).mean(), reading
 
 
 def curriculum_cap(step, total, frac):
@@ -367,6 +378,28 @@ def run_stage1(model, aux, captured, args, device, ckpt_path, opt) -> None:
     print(f"stage 1 done in {(time.time() - t1) / 60:.1f} min", flush=True)
 
 
+def eager_attention_only_in(model, layer_ids):
+    """Run decoder layers ``layer_ids`` with eager attention (which returns the probabilities the
+    attention losses need) and every other layer with SDPA (faster).  The model-level setting is
+    eager, so the mask is built as an additive float mask, which both kernels accept.
+    Returns a function that puts the model back on SDPA everywhere."""
+    model.set_attn_implementation("eager")
+    layers = model.model.language_model.layers
+    shared = layers[0].self_attn.config
+    fast = copy.copy(shared)
+    fast._attn_implementation = "sdpa"
+    for i, layer in enumerate(layers):
+        if i not in layer_ids:
+            layer.self_attn.config = fast
+
+    def restore():
+        for layer in layers:
+            layer.self_attn.config = shared
+        model.set_attn_implementation("sdpa")
+
+    return restore
+
+
 def save_checkpoint(path, model, aux, **state) -> None:
     """Write model + probe + ``state`` (optimiser, step, ...) atomically (a .tmp file, then rename)."""
     torch.save({"model": model.state_dict(), "aux": aux.state_dict(), **state}, path + ".tmp")
@@ -408,6 +441,8 @@ def main(argv=None):
     ap.add_argument("--attn-layer", type=int, default=2, help="decoder layer whose attention is supervised")
     ap.add_argument("--read-layer", type=int, default=4,
                     help="decoder layer where <|assistant|> is taught to read the question's shape word")
+    ap.add_argument("--prev-layer", type=int, default=1,
+                    help="decoder layer where the shape word is taught to read the word before it")
     ap.add_argument("--attn-head", type=int, default=0, help="head of both layers that is supervised")
     ap.add_argument("--pos-init", type=float, default=0.3,
                     help="scale of the 2-D sine-cosine init of the vision position table (0: random)")
@@ -442,15 +477,13 @@ def main(argv=None):
     hook = model.model.multi_modal_projector.register_forward_hook(
         lambda mod, inp, out: captured.__setitem__("feats", out))
     attn_hooks = []
-    if args.attn_weight > 0:  # eager attention returns the probabilities the retrieval loss needs
-        model.set_attn_implementation("eager")
+    supervised = {"previous": args.prev_layer, "attn": args.attn_layer, "read": args.read_layer}
+    if args.attn_weight > 0:  # eager attention returns the probabilities the attention losses need
+        restore_attention = eager_attention_only_in(model, set(supervised.values()))
         layers = model.model.language_model.layers
-        attn_hooks = [
-            layers[args.attn_layer].self_attn.register_forward_hook(
-                lambda mod, inp, out: captured.__setitem__("attn", out[1])),
-            layers[args.read_layer].self_attn.register_forward_hook(
-                lambda mod, inp, out: captured.__setitem__("read", out[1])),
-        ]
+        for name, idx in supervised.items():
+            attn_hooks.append(layers[idx].self_attn.register_forward_hook(
+                lambda mod, inp, out, name=name: captured.__setitem__(name, out[1])))
 
     opt = torch.optim.AdamW(param_groups(list(model.parameters()) + list(aux.parameters()), args.weight_decay),
                             lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
@@ -488,10 +521,12 @@ def main(argv=None):
         loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
         track("answer", loss.item())
         if args.attn_weight > 0 and targets:
-            retrieval, reading = attention_losses(captured.pop("attn"), captured.pop("read"), targets, args.attn_head)
+            previous, retrieval, reading = attention_losses(
+                captured.pop("previous"), captured.pop("attn"), captured.pop("read"), targets, args.attn_head)
+            track("previous", previous.item())
             track("retrieval", retrieval.item())
             track("reading", reading.item())
-            loss = loss + args.attn_weight * (retrieval + reading)
+            loss = loss + args.attn_weight * (previous + retrieval + reading)
         if args.aux_weight > 0:
             patch_loss = aux.loss(captured.pop("feats"), batch_patch_labels(samples, device))
             track("patch", patch_loss.item())
@@ -528,7 +563,7 @@ def main(argv=None):
     for h in attn_hooks:
         h.remove()
     if attn_hooks:
-        model.set_attn_implementation("sdpa")
+        restore_attention()
     model.eval()
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir)
