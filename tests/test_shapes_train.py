@@ -8,9 +8,9 @@ import torch
 
 from v2drop.shapes import scenes
 from v2drop.shapes.model import build_model, build_processor
-from v2drop.shapes.train import (GRID, IMAGE_START, Encoder, attention_losses, centre_patch,
-                                 eager_attention_only_in, init_position_embeddings, main, make_aux_head, make_batch,
-                                 patch_labels, train_samples)
+from v2drop.shapes.train import (GRID, IMAGE_START, Encoder, HopProbe, attention_losses, centre_patch,
+                                 eager_attention_only_in, hop_facts, init_position_embeddings, main, make_aux_head,
+                                 make_batch, patch_labels, train_samples)
 
 
 def test_patch_labels_mark_the_object_under_each_patch():
@@ -29,7 +29,7 @@ def test_attention_targets_point_at_the_shape_word_and_its_objects():
     batch, targets = make_batch(Encoder(tok), samples, 5)
     ids = batch["input_ids"]
     assert len(targets) >= len(samples)
-    for b, word, assistant, masks in targets:
+    for b, word, assistant, masks, _ in targets:
         w = tok.convert_ids_to_tokens(int(ids[b, word]))
         assert w in scenes.SHAPES or w in scenes.PLURAL.values()
         assert tok.convert_ids_to_tokens(int(ids[b, assistant])) == "<|assistant|>" and word < assistant
@@ -40,7 +40,12 @@ def test_attention_targets_point_at_the_shape_word_and_its_objects():
         assert masks.shape == (len(named), GRID * GRID)  # one mask per named object, none when absent
         for o, mask in zip(sorted(named, key=centre_patch), sorted(masks, key=lambda m: int(m.float().argmax()))):
             assert mask[centre_patch(o)]
-    assert any(len(m) == 0 for *_, m in targets) and any(len(m) > 1 for *_, m in targets)
+    assert any(len(m) == 0 for *_, m, _ in targets) and any(len(m) > 1 for *_, m, _ in targets)
+    assert all(int(m.sum()) == len(m) for *_, m, _ in targets)  # default: one centre patch per object
+    whole = make_batch(Encoder(tok), samples, 5, retrieve="object")[1]
+    assert any(int(m.sum()) > len(m) for *_, m, _ in whole)  # whole objects cover several patches
+    for (*_, centre, _), (*_, full, _) in zip(targets, whole):
+        assert bool((full | centre).eq(full).all())  # the centre is one of the object's patches
 
 
 def test_attention_losses_are_lowest_on_the_target_pattern():
@@ -52,7 +57,7 @@ def test_attention_losses_are_lowest_on_the_target_pattern():
     def pattern(object_share):
         """Attention with <s> : each named object = 1 : object_share (spread over the object's patches)."""
         att = torch.zeros(n, 2, L, L)
-        for b, word, assistant, masks in targets:
+        for b, word, assistant, masks, _ in targets:
             row = torch.zeros(L)
             row[0] = 1.0
             for m in masks:
@@ -63,11 +68,11 @@ def test_attention_losses_are_lowest_on_the_target_pattern():
 
     target = pattern(1.0)
     before = torch.zeros(n, 2, L, L)
-    for b, word, _, _ in targets:
+    for b, word, *_ in targets:
         before[b, 0, word, word - 1] = 1.0
     previous, retrieval, reading = attention_losses(before, target, target, targets, head=0)
     # the optimum of the retrieval loss is the entropy of "1/(k+1) each": mean log(k+1)
-    entropy = sum(math.log(len(m) + 1) for *_, m in targets) / len(targets)
+    entropy = sum(math.log(len(t[3]) + 1) for t in targets) / len(targets)
     assert previous.item() < 1e-4 and reading.item() < 1e-4
     assert abs(retrieval.item() - entropy) < 1e-4
     for share in (0.5, 2.0):  # too little / too much on the objects (a wrong count) costs more
@@ -75,6 +80,52 @@ def test_attention_losses_are_lowest_on_the_target_pattern():
     uniform = torch.full((n, 2, L, L), 1.0 / L)
     previous, retrieval, reading = attention_losses(uniform, uniform, uniform, targets, head=0)
     assert previous.item() > 5.0 and retrieval.item() > entropy + 2.0 and reading.item() > 5.0
+
+
+def test_hop_facts_name_count_colour_and_place():
+    objects = [scenes.Obj("circle", "red", x=20.0, y=100.0, r=12.0), scenes.Obj("circle", "blue", x=100.0, y=20.0, r=12.0),
+               scenes.Obj("star", "green", x=60.0, y=61.0, r=12.0)]
+    red, green = scenes.COLOR_NAMES.index("red"), scenes.COLOR_NAMES.index("green")
+    assert hop_facts("how many circles are there ?", objects).tolist() == [2, -100, -100, -100]
+    assert hop_facts("is the red circle on the left or the right ?", objects).tolist() == [1, red, 12, 2]
+    assert hop_facts("what color is the star ?", objects).tolist() == [1, green, 7, 7]
+    assert hop_facts("is there a purple star ?", objects).tolist() == [0, -100, -100, -100]
+
+
+def test_hop_probe_reads_the_facts_at_the_two_hop_positions():
+    proc = build_processor()
+    samples = train_samples(1234, 3, 8, max_turns=5)
+    batch, targets = make_batch(Encoder(proc.tokenizer), samples, 5)
+    n, L, dim = len(samples), batch["input_ids"].shape[1], 48
+    facts = torch.stack([t[4] for t in targets])
+    assert (facts[:, 0] > 1).any() and (facts[:, 2] >= 0).any()  # counts > 1 and single-object places occur
+
+    def states(at):
+        """(n, L, dim) one background vector everywhere, plus the facts one-hot coded at the shape
+        word or at <|assistant|>."""
+        torch.manual_seed(0)
+        x = torch.randn(dim).expand(n, L, dim).clone()
+        for t, f in zip(targets, facts):
+            code = torch.zeros(dim)
+            for k, (v, offset) in enumerate(zip(f.tolist(), (0, 8, 15, 31))):
+                if v >= 0:
+                    code[offset + (v % 16 if k >= 2 else v)] = 3.0
+            x[t[0], t[at]] += code
+        return x
+
+    def fitted_loss(word, answer):
+        torch.manual_seed(0)
+        probe = HopProbe(dim)
+        opt = torch.optim.Adam(probe.parameters(), lr=0.05)
+        for _ in range(150):
+            loss = probe.loss(word, answer, targets)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return probe.loss(word, answer, targets).item()
+
+    assert fitted_loss(states(1), states(2)) < 0.05  # the facts sit where the probe looks: read out
+    assert fitted_loss(states(2), states(1)) > 0.5  # swapped positions: the probe sees no facts
 
 
 def test_eager_only_in_supervised_layers_matches_the_stock_model():

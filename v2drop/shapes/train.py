@@ -23,15 +23,25 @@ Two-stage curriculum (pure training aids; the shipped model is a stock LLaVA):
    a circle looks like one inside a square) and took the tower ~1,500 steps to find; the
    log prints the held-out object-shape accuracy of the probe every 100 steps.
 2. ``--steps`` steps of full LLaVA training on the multi-turn QA sequences, keeping the
-   patch loss with weight ``--aux-weight`` (on the projector output, via a hook), plus two
-   attention losses (weight ``--attn-weight``) on one head each, which spell out the two
-   hops every question needs: in ``--attn-layer`` the question's shape word ("star",
-   "circles") attends to the patches of the objects it names, and in ``--read-layer`` the
-   ``<|assistant|>`` token (whose output is the answer) attends to that word.  Without
-   them the decoder sat at chance for 500+ steps even with perfect patch features; with
-   the first alone the shape word found its objects (82 % of the head's attention) but the
-   answer still did not read it (chance at step 500).  Training runs with eager attention
-   (the probabilities are needed); the saved model uses SDPA.
+   patch loss with weight ``--aux-weight`` (on the projector output, via a hook), plus
+   attention losses (weight ``--attn-weight``, one head each) and read-out losses (weight
+   ``--probe-weight``) that spell out the hops every question needs:
+
+   - ``--prev-layer``: the shape word attends to the word before it ("red circle");
+   - ``--attn-layer``: the shape word ("star", "circles") attends to ``<s>`` and to each
+     object it names with equal shares, so the share left on ``<s>`` codes the count and
+     all of it on ``<s>`` codes "absent" (``attention_losses``);
+   - ``--read-layer``: ``<|assistant|>`` (whose output is the answer) attends to that word;
+   - after ``--attn-layer`` (at the shape word) and after ``--read-layer`` (at
+     ``<|assistant|>``) a throw-away linear probe must read the count and the named
+     object's colour, row and column (``HopProbe``).
+
+   Without the attention losses the decoder sat at chance for 500+ steps even with perfect
+   patch features.  With them but without the probe, colour and existence were learned but
+   count and position stayed at chance for 2,000 steps: the heads looked at the right
+   tokens, but nothing pushed their value/output projections to carry the count and place.
+   Training runs eager attention in the supervised layers (the probabilities are needed)
+   and SDPA elsewhere; the saved model uses SDPA everywhere.
 
 Resuming (``--resume``) works in both stages.
 """
@@ -216,34 +226,99 @@ def object_patches(obj) -> np.ndarray:
     return mask
 
 
-def retrieval_target(question: str, objects):
-    """(index of the shape word in the question's words, (k, 256) patch masks of the k objects
-    it refers to; k = 0 when nothing in the scene matches), or None for a question without one.
-    A colour word right before the shape word narrows the match ("red circle")."""
+def named_objects(question: str, objects):
+    """(index of the shape word among the question's words, the objects it names), or None for
+    a question without a shape word.  A colour word right before it narrows the match ("red circle")."""
     words = question.split()
     for i, w in enumerate(words):
         if w in _SHAPE_OF_WORD:
-            shape = _SHAPE_OF_WORD[w]
             color = words[i - 1] if i > 0 and words[i - 1] in scenes.COLORS else None
-            hits = [object_patches(o) for o in objects
-                    if o.shape == shape and (color is None or o.color == color)]
-            return i, np.stack(hits) if hits else np.zeros((0, GRID * GRID), bool)
+            return i, [o for o in objects if o.shape == _SHAPE_OF_WORD[w] and (color is None or o.color == color)]
     return None
 
 
-def make_batch(enc, samples, max_turns):
+def centre_mask(obj) -> np.ndarray:
+    """Boolean (256,) mask of the one patch holding an object's centre."""
+    mask = np.zeros(GRID * GRID, bool)
+    mask[centre_patch(obj)] = True
+    return mask
+
+
+RETRIEVAL_MASKS = {"object": object_patches, "centre": centre_mask}
+
+
+def retrieval_target(question: str, objects, where: str = "centre"):
+    """(index of the shape word in the question's words, (k, 256) patch masks of the k objects
+    it names; k = 0 when nothing in the scene matches), or None for a question without one.
+    ``where``: ``"centre"`` masks each object's centre patch, ``"object"`` all its patches."""
+    hit = named_objects(question, objects)
+    if hit is None:
+        return None
+    masks = [RETRIEVAL_MASKS[where](o) for o in hit[1]]
+    return hit[0], np.stack(masks) if masks else np.zeros((0, GRID * GRID), bool)
+
+
+def hop_facts(question: str, objects) -> torch.Tensor:
+    """What the two hops of ``question`` should carry, for ``HopProbe``: (4,) long tensor
+    ``[count, colour, row, column]`` of the objects its shape word names (colour / row /
+    column of the object's centre only when exactly one matches, else -100 = ignored)."""
+    hits = named_objects(question, objects)[1]
+    facts = [min(len(hits), HopProbe.MAX_COUNT), -100, -100, -100]
+    if len(hits) == 1:
+        o = hits[0]
+        facts[1:] = [scenes.COLOR_NAMES.index(o.color), min(GRID - 1, int(o.y // PATCH)),
+                     min(GRID - 1, int(o.x // PATCH))]
+    return torch.tensor(facts)
+
+
+class HopProbe(torch.nn.Module):
+    """Throw-away linear read-outs of the residual stream (training aid, like ``AuxHead``).
+
+    After ``--attn-layer`` the question's shape word, and after ``--read-layer`` the
+    ``<|assistant|>`` token, should hold what the answer needs: how many objects the words
+    name, and the colour, row and column of the one object when a single one matches.
+    Asking for that linearly, right where the attention losses route it, gives the value and
+    output projections of those layers a direct gradient; through the answer loss alone the
+    count and position answers stayed at chance for 2,000 steps (run 8).
+    """
+
+    MAX_COUNT = 7
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.sizes = (self.MAX_COUNT + 1, len(scenes.COLOR_NAMES), GRID, GRID)
+        self.word = torch.nn.Sequential(torch.nn.LayerNorm(dim), torch.nn.Linear(dim, sum(self.sizes)))
+        self.answer = torch.nn.Sequential(torch.nn.LayerNorm(dim), torch.nn.Linear(dim, sum(self.sizes)))
+
+    def loss(self, word_states: torch.Tensor, answer_states: torch.Tensor, targets) -> torch.Tensor:
+        """``*_states``: (batch, seq, dim) outputs of the two layers; ``targets`` from ``make_batch``."""
+        rows = torch.tensor([t[0] for t in targets])
+        facts = torch.stack([t[4] for t in targets]).to(word_states.device)  # (n_questions, 4)
+        total = 0.0
+        for head, states, col in ((self.word, word_states, 1), (self.answer, answer_states, 2)):
+            pos = torch.tensor([t[col] for t in targets])
+            logits = head(states[rows, pos]).split(self.sizes, dim=-1)
+            for k, z in enumerate(logits):
+                if (facts[:, k] != -100).any():
+                    total = total + torch.nn.functional.cross_entropy(z, facts[:, k], ignore_index=-100)
+        return total
+
+
+def make_batch(enc, samples, max_turns, retrieve: str = "centre"):
     """Padded batch of multi-turn sequences.  ``targets`` lists, for every question that names a
     shape, ``(row, position of the shape word, position of the turn's <|assistant|>, (k, 256)
-    patch masks of the k objects the words name)`` for the attention losses (``attention_losses``)."""
+    patch masks of the k objects the words name, their ``hop_facts``)`` for the attention losses
+    (``attention_losses``) and the ``HopProbe``."""
     seqs, targets = [], []
     for b, s in enumerate(samples):
         qa = [(s.question, s.answer)] + [(q, a) for q, a, _ in s.extra][: max_turns - 1]
         ids, labels, starts = enc.encode(qa)
         seqs.append((ids, labels))
         for (q, _), (start, assistant) in zip(qa, starts):
-            hit = retrieval_target(q, s.objects)
+            hit = retrieval_target(q, s.objects, retrieve)
             if hit is not None:
-                targets.append((b, start + hit[0], assistant, torch.from_numpy(hit[1])))
+                targets.append((b, start + hit[0], assistant, torch.from_numpy(hit[1]),
+                                hop_facts(q, s.objects)))
     L = max(len(i) for i, _ in seqs)
     ids = torch.full((len(seqs), L), enc.pad, dtype=torch.long)
     lab = torch.full((len(seqs), L), -100, dtype=torch.long)
@@ -265,9 +340,9 @@ def attention_losses(previous: torch.Tensor, retrieve: torch.Tensor, read: torch
         ("red circle") is in the shape word's hidden state before it looks for its objects.
     retrieve (``--attn-layer``): the shape word looks at <s> (position 0, a fixed "nothing"
         slot) and at each of the k objects the question names, with equal mass 1/(k+1) each
-        (the split of an object's mass over its own patches is free).  What the head reads
-        then holds the count (the <s> share 1/(k+1)), existence (all mass on <s>: nothing
-        matches), and the named objects' colour and place.
+        (on the patches of its mask, ``--retrieve``; how an object's share spreads over them is
+        free).  What the head reads then holds the count (the <s> share 1/(k+1)), existence
+        (all mass on <s>: nothing matches), and the named objects' colour and place.
     read (``--read-layer``): the <|assistant|> token, whose output is the answer, looks at
         the shape word.
     Every loss is a negative log-likelihood averaged over questions.  Returns the three."""
@@ -278,7 +353,7 @@ def attention_losses(previous: torch.Tensor, retrieve: torch.Tensor, read: torch
     reading = -torch.log(read[rows, head, answer, word] + 1e-6).mean()
     to_keys = retrieve[rows, head, word]  # (n_questions, seq)
     retrieval = []
-    for q, (_, _, _, masks) in enumerate(targets):
+    for q, (_, _, _, masks, _) in enumerate(targets):
         objects = to_keys[q, IMAGE_START: IMAGE_START + GRID * GRID] @ masks.to(to_keys).T  # (k,)
         groups = torch.cat([to_keys[q, :1], objects])  # <s>, then one entry per object
         retrieval.append(-torch.log(groups + 1e-6).mean())
@@ -400,17 +475,20 @@ def eager_attention_only_in(model, layer_ids):
     return restore
 
 
-def save_checkpoint(path, model, aux, **state) -> None:
-    """Write model + probe + ``state`` (optimiser, step, ...) atomically (a .tmp file, then rename)."""
-    torch.save({"model": model.state_dict(), "aux": aux.state_dict(), **state}, path + ".tmp")
+def save_checkpoint(path, model, aux, probe=None, **state) -> None:
+    """Write model + probes + ``state`` (optimiser, step, ...) atomically (a .tmp file, then rename)."""
+    probes = {"probe": probe.state_dict()} if probe is not None else {}
+    torch.save({"model": model.state_dict(), "aux": aux.state_dict(), **probes, **state}, path + ".tmp")
     os.replace(path + ".tmp", path)
 
 
-def load_checkpoint(path, model, aux, optimizer, opt_key, step_key, device) -> int:
-    """Restore model, probe and optimiser from ``path``; returns the step to continue from."""
+def load_checkpoint(path, model, aux, optimizer, opt_key, step_key, device, probe=None) -> int:
+    """Restore model, probes and optimiser from ``path``; returns the step to continue from."""
     ck = torch.load(path, map_location=device, weights_only=False)
     model.load_state_dict(ck["model"])
     aux.load_state_dict(ck["aux"])
+    if probe is not None and "probe" in ck:
+        probe.load_state_dict(ck["probe"])
     optimizer.load_state_dict(ck[opt_key])
     return ck[step_key]
 
@@ -438,6 +516,11 @@ def main(argv=None):
     ap.add_argument("--aux-weight", type=float, default=0.5, help="patch loss weight in stage 2")
     ap.add_argument("--attn-weight", type=float, default=0.5,
                     help="weight of the two attention losses (0: off, sdpa attention in training)")
+    ap.add_argument("--probe-weight", type=float, default=0.5,
+                    help="weight of the HopProbe loss on the two hops' outputs (0: off)")
+    ap.add_argument("--retrieve", choices=sorted(RETRIEVAL_MASKS), default="centre",
+                    help="where the shape word's attention to each named object goes: its centre patch "
+                         "(equal mass per object whatever its size, so the <s> share is the count) or all its patches")
     ap.add_argument("--attn-layer", type=int, default=2, help="decoder layer whose attention is supervised")
     ap.add_argument("--read-layer", type=int, default=4,
                     help="decoder layer where <|assistant|> is taught to read the question's shape word")
@@ -477,21 +560,27 @@ def main(argv=None):
     hook = model.model.multi_modal_projector.register_forward_hook(
         lambda mod, inp, out: captured.__setitem__("feats", out))
     attn_hooks = []
+    layers = model.model.language_model.layers
     supervised = {"previous": args.prev_layer, "attn": args.attn_layer, "read": args.read_layer}
     if args.attn_weight > 0:  # eager attention returns the probabilities the attention losses need
         restore_attention = eager_attention_only_in(model, set(supervised.values()))
-        layers = model.model.language_model.layers
         for name, idx in supervised.items():
             attn_hooks.append(layers[idx].self_attn.register_forward_hook(
                 lambda mod, inp, out, name=name: captured.__setitem__(name, out[1])))
 
-    opt = torch.optim.AdamW(param_groups(list(model.parameters()) + list(aux.parameters()), args.weight_decay),
+    probe = HopProbe(model.config.text_config.hidden_size).to(device)
+    if args.probe_weight > 0:
+        for name, idx in (("word_states", args.attn_layer), ("answer_states", args.read_layer)):
+            attn_hooks.append(layers[idx].register_forward_hook(
+                lambda mod, inp, out, name=name: captured.__setitem__(name, out)))
+    trained = list(model.parameters()) + list(aux.parameters()) + list(probe.parameters())
+    opt = torch.optim.AdamW(param_groups(trained, args.weight_decay),
                             lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
     start = 0
     ckpt_path = os.path.join(args.ckpt_dir, "last.pt")
     os.makedirs(args.ckpt_dir, exist_ok=True)
     if args.resume and os.path.exists(ckpt_path):
-        start = load_checkpoint(ckpt_path, model, aux, opt, "opt", "step", device)
+        start = load_checkpoint(ckpt_path, model, aux, opt, "opt", "step", device, probe)
         print(f"resumed from {ckpt_path} at step {start}", flush=True)
     elif args.vision_steps > 0 and not args.bench_steps:
         run_stage1(model, aux, captured, args, device, ckpt_path, opt)
@@ -517,7 +606,7 @@ def main(argv=None):
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
         samples = train_samples(args.data_seed, step, args.batch_size, args.max_turns,
                                 curriculum_cap(step, args.steps, args.curriculum))
-        batch, targets = make_batch(enc, samples, args.max_turns)
+        batch, targets = make_batch(enc, samples, args.max_turns, args.retrieve)
         loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
         track("answer", loss.item())
         if args.attn_weight > 0 and targets:
@@ -527,6 +616,10 @@ def main(argv=None):
             track("retrieval", retrieval.item())
             track("reading", reading.item())
             loss = loss + args.attn_weight * (previous + retrieval + reading)
+        if args.probe_weight > 0 and targets:
+            hops = probe.loss(captured.pop("word_states"), captured.pop("answer_states"), targets)
+            track("hops", hops.item())
+            loss = loss + args.probe_weight * hops
         if args.aux_weight > 0:
             patch_loss = aux.loss(captured.pop("feats"), batch_patch_labels(samples, device))
             track("patch", patch_loss.item())
@@ -551,7 +644,7 @@ def main(argv=None):
             acc = quick_val(model, enc, val, device)
             print(f"\nstep {step + 1} val " + " ".join(f"{k}={v:.3f}" for k, v in acc.items()), flush=True)
         if time.time() - last_ck > args.ckpt_minutes * 60:
-            save_checkpoint(ckpt_path, model, aux, opt=opt.state_dict(), step=step + 1, args=vars(args))
+            save_checkpoint(ckpt_path, model, aux, probe, opt=opt.state_dict(), step=step + 1, args=vars(args))
             last_ck = time.time()
     if bar is not None:
         bar.close()
