@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from v2drop.shapes import scenes
-from v2drop.shapes.evaluate import evaluate, first_word, format_table
+from v2drop.shapes.evaluate import evaluate, first_word, format_table, object_variation
 from v2drop.shapes.model import DEFAULT_MODEL_DIR, build_model, build_processor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,7 +38,7 @@ def test_evaluate_command_small_slice(tmp_path):
     out = tmp_path / "res.json"
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=REPO)
     cmd = [sys.executable, "-m", "v2drop.shapes.evaluate", "--n", "16", "--methods", "none,v2drop",
-           "--budgets", "0.5", "--out", str(out)]
+           "--budgets", "0.5", "--variation", "4", "--out", str(out)]
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     data = json.loads(out.read_text())
@@ -47,3 +47,26 @@ def test_evaluate_command_small_slice(tmp_path):
     assert "| none |" in r.stdout
     if "v2drop" in rows:
         assert rows["v2drop"]["avg_kept"] < 256
+    assert [v["layer"] for v in data["variation"]] == [1, 2, 4, 6] and "object patches" in r.stdout
+
+
+def test_object_variation_is_the_v2drop_score_on_object_and_background_patches():
+    import torch
+
+    from v2drop.shapes.evaluate import build_inputs
+    from v2drop.shapes.train import object_patches
+
+    proc = build_processor()
+    model = build_model(seed=0, tokenizer=proc.tokenizer).eval()
+    samples = scenes.benchmark(3)
+    rows = object_variation(model, proc, samples, layers=(1, 3))
+    inputs = build_inputs(proc, [s.image for s in samples], [s.question for s in samples])
+    with torch.no_grad():
+        hidden = model(**inputs, output_hidden_states=True).hidden_states
+    vision = inputs["input_ids"] == model.config.image_token_id
+    score = (hidden[3] - hidden[2]).norm(dim=-1)[vision].view(3, 256)  # layer 3's score, by hand
+    on_objects = torch.stack([torch.from_numpy(sum(object_patches(o) for o in s.objects) > 0) for s in samples])
+    assert [r["layer"] for r in rows] == [1, 3]
+    assert abs(rows[1]["object"] - score[on_objects].mean().item()) < 1e-3
+    assert abs(rows[1]["background"] - score[~on_objects].mean().item()) < 1e-3
+    assert 0.0 <= rows[1]["object_in_top_half"] <= 1.0

@@ -160,6 +160,7 @@ def test_story_tells_the_run():
     assert "kept 32, dropped 32" in text and "kept 8, dropped 24" in text
     assert "most varying" in text
     assert "keep_ratio" in story.how_it_works()
+    assert story.WHEN_LAZY_MATTERS in story.how_it_works()  # the failure case is taught, not hidden
     assert "cannot run" in story.schedule_text(None, error="bad")
 
 

@@ -22,6 +22,7 @@ import json
 import os
 import time
 
+import numpy as np
 import torch
 
 from ..schedule import DropSchedule
@@ -65,6 +66,32 @@ def answer(model, processor, images, questions, max_new_tokens=3):
                          pad_token_id=processor.tokenizer.pad_token_id)
     new = out[:, inputs["input_ids"].shape[1]:]
     return processor.tokenizer.batch_decode(new, skip_special_tokens=True)
+
+
+@torch.no_grad()
+def object_variation(model, processor, samples, layers=(1, 2, 4, 6)) -> list[dict]:
+    """Are the object patches V²Drop's *active* or *lazy* tokens on this model?
+
+    One unpruned forward pass over ``samples`` (benchmark ``Sample``s).  For each layer l in
+    ``layers``, V²Drop's score of a vision token is ``‖h_in(l) − h_in(l−1)‖₂``.  Returns one row
+    per layer: the mean score over object patches (``train.object_patches`` of every object) and
+    over the other patches, and the share of object patches that rank in the top half of their
+    image (the half a keep-half step at that layer would keep)."""
+    from .train import object_patches
+
+    inputs = build_inputs(processor, [s.image for s in samples], [s.question for s in samples]).to(model.device)
+    hidden = model(**inputs, output_hidden_states=True).hidden_states  # (layers + 1) x (batch, seq, dim)
+    vision = inputs["input_ids"] == model.config.image_token_id  # (batch, seq)
+    objects = torch.stack([torch.from_numpy(np.any([object_patches(o) for o in s.objects], axis=0))
+                           for s in samples]).to(model.device)  # (batch, 256)
+    rows = []
+    for layer in layers:
+        score = (hidden[layer] - hidden[layer - 1]).norm(dim=-1)[vision].view(len(samples), -1)  # (batch, 256)
+        top_half = score >= score.median(dim=1, keepdim=True).values
+        rows.append({"layer": layer, "object": score[objects].mean().item(),
+                     "background": score[~objects].mean().item(),
+                     "object_in_top_half": top_half[objects].float().mean().item()})
+    return rows
 
 
 def _trace_kept(trace):
@@ -156,6 +183,9 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("SHAPES_THREADS", "2")))
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--variation", type=int, default=16,
+                    help="also report V2Drop's variation score on object vs background patches over the "
+                         "first N benchmark images (0: skip)")
     ap.add_argument("--out", default=None, help="write results JSON here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -190,11 +220,19 @@ def main(argv=None):
             print(format_table(rows[-1:]).splitlines()[-1], flush=True)
     print()
     print(format_table(rows))
+    variation = []
+    if args.variation > 0:
+        variation = object_variation(model, processor, questions[: args.variation])
+        print(f"\nV2Drop variation score (L2 change of a vision token's hidden state), first {args.variation} images:")
+        print("| drop layer | object patches | background patches | object patches in the top half |")
+        print("|---|---|---|---|")
+        for v in variation:
+            print(f"| {v['layer']} | {v['object']:.1f} | {v['background']:.1f} | {100 * v['object_in_top_half']:.0f} % |")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
             json.dump({"model": args.model or "assets/shapes-llava", "n": args.n, "seed": args.seed,
-                       "rows": rows}, f, indent=1)
+                       "rows": rows, "variation": variation}, f, indent=1)
     return rows
 
 
