@@ -82,9 +82,10 @@ def test_folder_loads_offline_through_auto_classes():
 def test_known_heldout_answers():
     """Held-out answers the shipped model is known to get right.
 
-    The shipped model reads colours almost perfectly (99 % on the benchmark) and is weaker on
-    count / position / existence (see v2drop/shapes/README.md).  The colour answers are
-    pinned, so a broken load / processor / template / attention path makes this fail."""
+    On the first 64 benchmark questions the shipped model answers 56 correctly (colour 14/16,
+    count 12/16, position 16/16, exist 14/16; 82.8 % on all 1,200, see v2drop/shapes/README.md).
+    Those answers are pinned, of every question type, so a broken load / processor / template /
+    attention path makes this fail.  One miss is tolerated (float32 sums differ across CPUs)."""
     from v2drop.shapes.evaluate import evaluate
     from v2drop.shapes.model import load_default
 
@@ -94,13 +95,18 @@ def test_known_heldout_answers():
     qs = scenes.benchmark(64)
     res = evaluate(model, proc, qs, return_predictions=True)
     preds = res["predictions"]
-    known = {0: "orange", 4: "green", 8: "purple", 12: "red", 16: "green", 20: "yellow", 24: "blue",
-             28: "yellow", 32: "purple", 36: "purple", 40: "red", 44: "blue", 48: "green", 52: "orange",
-             56: "orange", 60: "red"}  # every colour question of the slice
-    assert all(qs[i].qtype == "color" and qs[i].answer == a for i, a in known.items())
-    hits = sum(preds[i]["prediction"].split()[0] == a for i, a in known.items() if preds[i]["prediction"].split())
-    assert hits >= 15, [preds[i] for i in known]
-    assert res["accuracy"] >= 0.5  # chance is 0.35
+    known = {0: "orange", 1: "one", 2: "right", 3: "yes", 4: "green", 6: "right", 8: "purple", 9: "three",
+             10: "top", 11: "yes", 12: "red", 14: "bottom", 15: "no", 16: "green", 17: "one", 18: "top",
+             19: "yes", 20: "yellow", 21: "two", 22: "left", 23: "no", 24: "blue", 25: "three", 26: "right",
+             27: "yes", 28: "yellow", 29: "four", 30: "bottom", 32: "purple", 33: "one", 34: "left", 35: "yes",
+             36: "purple", 37: "two", 38: "left", 39: "no", 42: "right", 43: "yes", 44: "blue", 45: "four",
+             46: "right", 47: "no", 48: "green", 49: "one", 50: "bottom", 51: "yes", 52: "orange", 54: "right",
+             55: "no", 57: "three", 58: "top", 59: "yes", 60: "red", 61: "four", 62: "bottom", 63: "no"}
+    assert all(qs[i].answer == a for i, a in known.items())
+    assert {qs[i].qtype for i in known} == set(scenes.QTYPES)
+    misses = [preds[i] for i, a in known.items() if preds[i]["prediction"].split()[:1] != [a]]
+    assert len(misses) <= 1, misses
+    assert res["accuracy"] >= 0.8  # chance is 0.35
     # answers are always well-formed words of the right type
     for q, pr in zip(qs, preds):
         assert pr["prediction"].split() and pr["prediction"].split()[0] in scenes.ANSWERS[q.qtype] + tuple(
