@@ -265,9 +265,8 @@ def hop_facts(question: str, objects) -> torch.Tensor:
     hits = named_objects(question, objects)[1]
     facts = [min(len(hits), HopProbe.MAX_COUNT), -100, -100, -100]
     if len(hits) == 1:
-        o = hits[0]
-        facts[1:] = [scenes.COLOR_NAMES.index(o.color), min(GRID - 1, int(o.y // PATCH)),
-                     min(GRID - 1, int(o.x // PATCH))]
+        row, col = divmod(centre_patch(hits[0]), GRID)
+        facts[1:] = [scenes.COLOR_NAMES.index(hits[0].color), row, col]
     return torch.tensor(facts)
 
 
