@@ -9,7 +9,7 @@ import torch
 from v2drop.shapes import scenes
 from v2drop.shapes.model import build_model, build_processor
 from v2drop.shapes.train import (GRID, IMAGE_START, Encoder, HopProbe, attention_losses, centre_patch,
-                                 eager_attention_only_in, hop_facts, init_position_embeddings, main, make_aux_head,
+                                 eager_attention_only_in, focus_samples, hop_facts, init_position_embeddings, main, make_aux_head,
                                  make_batch, patch_labels, train_samples)
 
 
@@ -186,3 +186,38 @@ def test_two_step_run_saves_a_loadable_model_and_resumes(tmp_path):
     assert json.load(open(out / "training_args.json"))["resumed_from_step"] == 2
     for (n, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), n
+
+
+def test_focus_samples_ask_only_the_focus_type_with_balanced_answers():
+    batch = focus_samples(scenes.TRAIN_SEED, 2000, 16, 10, "count")
+    assert {s.qtype for s in batch} == {"count"}
+    answers = [s.answer for s in batch]
+    assert sorted(set(answers)) == sorted(scenes.COUNT_WORDS[1:5])
+    assert all(answers.count(a) == 4 for a in set(answers))
+    for s in batch:  # the answer is right for the scene
+        shape = next(sh for sh in scenes.SHAPES if scenes.PLURAL[sh] in s.question)
+        assert scenes.COUNT_WORDS[sum(o.shape == shape for o in s.objects)] == s.answer
+    again = focus_samples(scenes.TRAIN_SEED, 2000, 16, 10, "count")
+    assert [s.question for s in again] == [s.question for s in batch]
+    assert any(s.extra for s in batch)  # other question types still ride along as extra turns
+
+
+def test_focus_stage_resumes_exactly_from_the_stage2_checkpoint(tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    out, ck = tmp_path / "model", tmp_path / "ckpt"
+    args = ["--out", str(out), "--ckpt-dir", str(ck), "--vision-steps", "1", "--vision-batch-size", "2",
+            "--steps", "2", "--focus-steps", "2", "--batch-size", "2", "--val-every", "1000",
+            "--threads", "1", "--ckpt-minutes", "1000"]
+    main(args)
+    straight = AutoModelForImageTextToText.from_pretrained(out, local_files_only=True).state_dict()
+    stage2 = torch.load(ck / "stage2.pt", weights_only=False)
+    assert stage2["step"] == 2
+    changed = sum(not torch.equal(a, stage2["model"][n]) for n, a in straight.items())
+    assert changed > 0  # the focus steps did train
+    os.replace(ck / "stage2.pt", ck / "last.pt")  # rerun stage 3 alone
+    main(args + ["--resume"])
+    assert json.load(open(out / "training_args.json"))["resumed_from_step"] == 2
+    resumed = AutoModelForImageTextToText.from_pretrained(out, local_files_only=True).state_dict()
+    for n, a in straight.items():
+        assert torch.equal(a, resumed[n]), n

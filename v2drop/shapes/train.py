@@ -330,7 +330,8 @@ def make_batch(enc, samples, max_turns, retrieve: str = "centre"):
             "pixel_values": pixel_values_from_images([s.image for s in samples])}, targets
 
 
-def attention_losses(previous: torch.Tensor, retrieve: torch.Tensor, read: torch.Tensor, targets, head: int):
+def attention_losses(previous: torch.Tensor, retrieve: torch.Tensor, read: torch.Tensor, targets, head: int,
+                     retrieval_heads: tuple[int, ...] | None = None):
     """The hops of a question, as attention targets for one head each (training aid).
 
     Each argument is a (batch, heads, seq, seq) tensor of attention probabilities.
@@ -344,18 +345,21 @@ def attention_losses(previous: torch.Tensor, retrieve: torch.Tensor, read: torch
         (all mass on <s>: nothing matches), and the named objects' colour and place.
     read (``--read-layer``): the <|assistant|> token, whose output is the answer, looks at
         the shape word.
+    ``retrieval_heads`` (default: ``(head,)``): the heads of ``--attn-layer`` that learn the
+    retrieval pattern; several heads give several independent reads of the count.
     Every loss is a negative log-likelihood averaged over questions.  Returns the three."""
     rows = torch.tensor([t[0] for t in targets])
     word = torch.tensor([t[1] for t in targets])
     answer = torch.tensor([t[2] for t in targets])
     previous_loss = -torch.log(previous[rows, head, word, word - 1] + 1e-6).mean()
     reading = -torch.log(read[rows, head, answer, word] + 1e-6).mean()
-    to_keys = retrieve[rows, head, word]  # (n_questions, seq)
     retrieval = []
-    for q, (_, _, _, masks, _) in enumerate(targets):
-        objects = to_keys[q, IMAGE_START: IMAGE_START + GRID * GRID] @ masks.to(to_keys).T  # (k,)
-        groups = torch.cat([to_keys[q, :1], objects])  # <s>, then one entry per object
-        retrieval.append(-torch.log(groups + 1e-6).mean())
+    for h in (head,) if retrieval_heads is None else retrieval_heads:
+        to_keys = retrieve[rows, h, word]  # (n_questions, seq)
+        for q, (_, _, _, masks, _) in enumerate(targets):
+            objects = to_keys[q, IMAGE_START: IMAGE_START + GRID * GRID] @ masks.to(to_keys).T  # (k,)
+            groups = torch.cat([to_keys[q, :1], objects])  # <s>, then one entry per object
+            retrieval.append(-torch.log(groups + 1e-6).mean())
     return previous_loss, torch.stack(retrieval).mean(), reading
 
 
@@ -374,6 +378,22 @@ def train_samples(data_seed, step, batch_size, max_turns, max_others=None):
         rng = np.random.default_rng([int(data_seed), idx])
         n_extra = int(rng.integers(0, max_turns))  # 0 .. max_turns-1 extra turns
         out.append(scenes.sample(data_seed, idx, n_extra=n_extra, balanced=False, max_others=max_others))
+    return out
+
+
+def focus_samples(data_seed, step, batch_size, max_turns, qtype, only_focus_turns=False):
+    """Stage-3 batch: like ``train_samples`` (fresh scenes: the indices follow stage 2's), but
+    every primary question is a ``qtype`` one, with balanced answers (``scenes.sample``).
+    ``only_focus_turns`` also drops the extra turns of other types."""
+    out = []
+    for j in range(batch_size):
+        idx = step * batch_size + j
+        rng = np.random.default_rng([int(data_seed), idx])
+        n_extra = int(rng.integers(0, max_turns))
+        s = scenes.sample(data_seed, idx, qtype=qtype, n_extra=n_extra, balanced=True)
+        if only_focus_turns:
+            s.extra = [x for x in s.extra if x[2] == qtype]
+        out.append(s)
     return out
 
 
@@ -526,8 +546,16 @@ def main(argv=None):
     ap.add_argument("--prev-layer", type=int, default=1,
                     help="decoder layer where the shape word is taught to read the word before it")
     ap.add_argument("--attn-head", type=int, default=0, help="head of both layers that is supervised")
+    ap.add_argument("--retrieval-heads", default=None,
+                    help="comma list of the --attn-layer heads that learn retrieval (default: --attn-head)")
     ap.add_argument("--pos-init", type=float, default=0.3,
                     help="scale of the 2-D sine-cosine init of the vision position table (0: random)")
+    ap.add_argument("--focus-steps", type=int, default=0,
+                    help="stage 3: this many more steps whose primary questions are all --focus-qtype")
+    ap.add_argument("--focus-qtype", choices=scenes.QTYPES, default="count")
+    ap.add_argument("--focus-lr", type=float, default=3e-4, help="stage-3 peak learning rate (cosine decay)")
+    ap.add_argument("--focus-attn-weight", type=float, default=None, help="stage-3 --attn-weight (default: the same)")
+    ap.add_argument("--focus-only", action="store_true", help="stage 3: extra turns of --focus-qtype only")
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0, help="model init seed")
     ap.add_argument("--data-seed", type=int, default=scenes.TRAIN_SEED)
@@ -588,12 +616,14 @@ def main(argv=None):
     print(f"params {n_params / 1e6:.2f}M, steps {args.steps}, batch {args.batch_size}, "
           f"scenes {args.steps * args.batch_size}, device {device}, threads {args.threads}", flush=True)
 
+    last_step = args.steps + args.focus_steps
+    retrieval_heads = None if args.retrieval_heads is None else tuple(int(h) for h in args.retrieval_heads.split(","))
     try:
         from tqdm import tqdm
-        bar = tqdm(total=args.steps, initial=start, mininterval=10, dynamic_ncols=False, ncols=100)
+        bar = tqdm(total=last_step, initial=start, mininterval=10, dynamic_ncols=False, ncols=100)
     except ImportError:  # pragma: no cover
         bar = None
-    total_steps = args.bench_steps if args.bench_steps else args.steps
+    total_steps = args.bench_steps if args.bench_steps else last_step
     t0 = last_ck = time.time()
     ema = {}  # running means of the loss parts, for the log
 
@@ -601,20 +631,28 @@ def main(argv=None):
         ema[name] = value if name not in ema else 0.98 * ema[name] + 0.02 * value
 
     for step in range(start, total_steps):
+        if step < args.steps:  # stage 2: all question types, curriculum on the number of objects
+            lr = lr_at(step, args.steps, args.lr, args.warmup)
+            samples = train_samples(args.data_seed, step, args.batch_size, args.max_turns,
+                                    curriculum_cap(step, args.steps, args.curriculum))
+        else:  # stage 3: every primary question is a --focus-qtype one
+            lr = lr_at(step - args.steps, args.focus_steps, args.focus_lr, args.focus_steps // 10)
+            samples = focus_samples(args.data_seed, step, args.batch_size, args.max_turns, args.focus_qtype,
+                                    args.focus_only)
+        attn_weight = args.attn_weight if step < args.steps or args.focus_attn_weight is None else args.focus_attn_weight
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
-        samples = train_samples(args.data_seed, step, args.batch_size, args.max_turns,
-                                curriculum_cap(step, args.steps, args.curriculum))
+            g["lr"] = lr
         batch, targets = make_batch(enc, samples, args.max_turns, args.retrieve)
         loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
         track("answer", loss.item())
         if args.attn_weight > 0 and targets:
             previous, retrieval, reading = attention_losses(
-                captured.pop("previous"), captured.pop("attn"), captured.pop("read"), targets, args.attn_head)
+                captured.pop("previous"), captured.pop("attn"), captured.pop("read"), targets, args.attn_head,
+                retrieval_heads)
             track("previous", previous.item())
             track("retrieval", retrieval.item())
             track("reading", reading.item())
-            loss = loss + args.attn_weight * (previous + retrieval + reading)
+            loss = loss + attn_weight * (previous + retrieval + reading)
         if args.probe_weight > 0 and targets:
             hops = probe.loss(captured.pop("word_states"), captured.pop("answer_states"), targets)
             track("hops", hops.item())
@@ -639,9 +677,12 @@ def main(argv=None):
                   f"elapsed {el / 60:.1f} min", flush=True)
         if args.bench_steps:
             continue
-        if (step + 1) % args.val_every == 0 or step + 1 == args.steps:
+        if (step + 1) % args.val_every == 0 or step + 1 in (args.steps, last_step):
             acc = quick_val(model, enc, val, device)
             print(f"\nstep {step + 1} val " + " ".join(f"{k}={v:.3f}" for k, v in acc.items()), flush=True)
+        if step + 1 == args.steps and args.focus_steps:  # stage 3 can be rerun from here
+            save_checkpoint(os.path.join(args.ckpt_dir, "stage2.pt"), model, aux, probe,
+                            opt=opt.state_dict(), step=step + 1, args=vars(args))
         if time.time() - last_ck > args.ckpt_minutes * 60:
             save_checkpoint(ckpt_path, model, aux, probe, opt=opt.state_dict(), step=step + 1, args=vars(args))
             last_ck = time.time()
