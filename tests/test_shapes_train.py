@@ -80,6 +80,11 @@ def test_attention_losses_are_lowest_on_the_target_pattern():
     uniform = torch.full((n, 2, L, L), 1.0 / L)
     previous, retrieval, reading = attention_losses(uniform, uniform, uniform, targets, head=0)
     assert previous.item() > 5.0 and retrieval.item() > entropy + 2.0 and reading.item() > 5.0
+    # several retrieval heads: the loss averages them; head 1 of ``target`` is empty (all zeros)
+    on_1 = attention_losses(before, target, target, targets, head=0, retrieval_heads=(1,))[1]
+    assert on_1.item() > 10.0
+    both = attention_losses(before, target, target, targets, head=0, retrieval_heads=(0, 1))[1]
+    assert abs(both.item() - (entropy + on_1.item()) / 2) < 1e-4
 
 
 def test_hop_facts_name_count_colour_and_place():
@@ -199,7 +204,10 @@ def test_focus_samples_ask_only_the_focus_type_with_balanced_answers():
         assert scenes.COUNT_WORDS[sum(o.shape == shape for o in s.objects)] == s.answer
     again = focus_samples(scenes.TRAIN_SEED, 2000, 16, 10, "count")
     assert [s.question for s in again] == [s.question for s in batch]
-    assert any(s.extra for s in batch)  # other question types still ride along as extra turns
+    assert any(x[2] != "count" for s in batch for x in s.extra)  # other types still ride along as extra turns
+    only = focus_samples(scenes.TRAIN_SEED, 2000, 16, 10, "count", only_focus_turns=True)
+    assert [s.question for s in only] == [s.question for s in batch]
+    assert all(x[2] == "count" for s in only for x in s.extra) and any(s.extra for s in only)
 
 
 def test_focus_stage_resumes_exactly_from_the_stage2_checkpoint(tmp_path):
