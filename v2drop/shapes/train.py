@@ -371,29 +371,27 @@ def curriculum_cap(step, total, frac):
     return int(6 * step / (frac * total))
 
 
-def train_samples(data_seed, step, batch_size, max_turns, max_others=None):
+def train_samples(data_seed, step, batch_size, max_turns, max_others=None, qtype=None):
+    """The ``step``-th batch of the training stream: one scene per sample with 1..max_turns QA
+    turns.  ``qtype`` (stage 3) makes every primary question of that type, answers balanced
+    (``scenes.sample``); otherwise types go round-robin and ``max_others`` caps the scene."""
     out = []
     for j in range(batch_size):
         idx = step * batch_size + j
         rng = np.random.default_rng([int(data_seed), idx])
         n_extra = int(rng.integers(0, max_turns))  # 0 .. max_turns-1 extra turns
-        out.append(scenes.sample(data_seed, idx, n_extra=n_extra, balanced=False, max_others=max_others))
+        out.append(scenes.sample(data_seed, idx, qtype=qtype, n_extra=n_extra, balanced=qtype is not None,
+                                 max_others=max_others))
     return out
 
 
 def focus_samples(data_seed, step, batch_size, max_turns, qtype, only_focus_turns=False):
-    """Stage-3 batch: like ``train_samples`` (fresh scenes: the indices follow stage 2's), but
-    every primary question is a ``qtype`` one, with balanced answers (``scenes.sample``).
-    ``only_focus_turns`` also drops the extra turns of other types."""
-    out = []
-    for j in range(batch_size):
-        idx = step * batch_size + j
-        rng = np.random.default_rng([int(data_seed), idx])
-        n_extra = int(rng.integers(0, max_turns))
-        s = scenes.sample(data_seed, idx, qtype=qtype, n_extra=n_extra, balanced=True)
-        if only_focus_turns:
+    """Stage-3 batch: ``train_samples`` with every primary question of ``qtype`` (fresh scenes:
+    the indices follow stage 2's).  ``only_focus_turns`` also drops the extra turns of other types."""
+    out = train_samples(data_seed, step, batch_size, max_turns, qtype=qtype)
+    if only_focus_turns:
+        for s in out:
             s.extra = [x for x in s.extra if x[2] == qtype]
-        out.append(s)
     return out
 
 
@@ -546,7 +544,7 @@ def main(argv=None):
     ap.add_argument("--prev-layer", type=int, default=1,
                     help="decoder layer where the shape word is taught to read the word before it")
     ap.add_argument("--attn-head", type=int, default=0, help="head of both layers that is supervised")
-    ap.add_argument("--retrieval-heads", default=None,
+    ap.add_argument("--retrieval-heads", default=None, type=lambda text: tuple(int(h) for h in text.split(",")),
                     help="comma list of the --attn-layer heads that learn retrieval (default: --attn-head)")
     ap.add_argument("--pos-init", type=float, default=0.3,
                     help="scale of the 2-D sine-cosine init of the vision position table (0: random)")
@@ -617,7 +615,6 @@ def main(argv=None):
           f"scenes {args.steps * args.batch_size}, device {device}, threads {args.threads}", flush=True)
 
     last_step = args.steps + args.focus_steps
-    retrieval_heads = None if args.retrieval_heads is None else tuple(int(h) for h in args.retrieval_heads.split(","))
     try:
         from tqdm import tqdm
         bar = tqdm(total=last_step, initial=start, mininterval=10, dynamic_ncols=False, ncols=100)
@@ -635,11 +632,12 @@ def main(argv=None):
             lr = lr_at(step, args.steps, args.lr, args.warmup)
             samples = train_samples(args.data_seed, step, args.batch_size, args.max_turns,
                                     curriculum_cap(step, args.steps, args.curriculum))
+            attn_weight = args.attn_weight
         else:  # stage 3: every primary question is a --focus-qtype one
             lr = lr_at(step - args.steps, args.focus_steps, args.focus_lr, args.focus_steps // 10)
             samples = focus_samples(args.data_seed, step, args.batch_size, args.max_turns, args.focus_qtype,
                                     args.focus_only)
-        attn_weight = args.attn_weight if step < args.steps or args.focus_attn_weight is None else args.focus_attn_weight
+            attn_weight = args.attn_weight if args.focus_attn_weight is None else args.focus_attn_weight
         for g in opt.param_groups:
             g["lr"] = lr
         batch, targets = make_batch(enc, samples, args.max_turns, args.retrieve)
@@ -648,7 +646,7 @@ def main(argv=None):
         if args.attn_weight > 0 and targets:
             previous, retrieval, reading = attention_losses(
                 captured.pop("previous"), captured.pop("attn"), captured.pop("read"), targets, args.attn_head,
-                retrieval_heads)
+                args.retrieval_heads)
             track("previous", previous.item())
             track("retrieval", retrieval.item())
             track("reading", reading.item())
