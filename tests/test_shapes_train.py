@@ -8,7 +8,7 @@ import torch
 
 from v2drop.shapes import scenes
 from v2drop.shapes.model import build_model, build_processor
-from v2drop.shapes.train import (GRID, IMAGE_START, Encoder, HopProbe, attention_losses, centre_patch,
+from v2drop.shapes.train import (GRID, IMAGE_START, Encoder, HopProbe, attention_losses, centre_patch, count_retrieval_loss,
                                  eager_attention_only_in, focus_samples, hop_facts, init_position_embeddings, main, make_aux_head,
                                  make_batch, patch_labels, train_samples)
 
@@ -85,6 +85,29 @@ def test_attention_losses_are_lowest_on_the_target_pattern():
     assert on_1.item() > 10.0
     both = attention_losses(before, target, target, targets, head=0, retrieval_heads=(0, 1))[1]
     assert abs(both.item() - (entropy + on_1.item()) / 2) < 1e-4
+
+
+def test_count_retrieval_loss_covers_count_questions_only():
+    proc = build_processor()
+    tok = proc.tokenizer
+    samples = train_samples(1234, 3, 8, max_turns=5)
+    batch, targets = make_batch(Encoder(tok), samples, 5)
+    ids = batch["input_ids"]
+    plural = set(tok.convert_tokens_to_ids(list(scenes.PLURAL.values())))
+    counts = [t for t in targets if int(ids[t[0], t[1]]) in plural]
+    assert 0 < len(counts) < len(targets)  # the batch mixes count and other questions
+    n, L = len(samples), ids.shape[1]
+    att = torch.zeros(n, 2, L, L)
+    for b, word, _, masks, _ in counts:  # the ideal pattern on count questions, nothing elsewhere
+        att[b, 1, word, 0] = 1.0
+        for m in masks:
+            att[b, 1, word, IMAGE_START: IMAGE_START + GRID * GRID] += m.float()
+        att[b, 1, word] /= att[b, 1, word].sum()
+    entropy = sum(math.log(len(t[3]) + 1) for t in counts) / len(counts)
+    assert abs(count_retrieval_loss(att, ids, targets, 1, plural).item() - entropy) < 1e-4
+    assert count_retrieval_loss(att, ids, targets, 0, plural).item() > 10.0  # head 0 looks nowhere
+    no_counts = [t for t in targets if t not in counts]
+    assert count_retrieval_loss(att, ids, no_counts, 1, plural) is None
 
 
 def test_hop_facts_name_count_colour_and_place():

@@ -356,11 +356,32 @@ def attention_losses(previous: torch.Tensor, retrieve: torch.Tensor, read: torch
     retrieval = []
     for h in (head,) if retrieval_heads is None else retrieval_heads:
         to_keys = retrieve[rows, h, word]  # (n_questions, seq)
-        for q, (_, _, _, masks, _) in enumerate(targets):
-            objects = to_keys[q, IMAGE_START: IMAGE_START + GRID * GRID] @ masks.to(to_keys).T  # (k,)
-            groups = torch.cat([to_keys[q, :1], objects])  # <s>, then one entry per object
-            retrieval.append(-torch.log(groups + 1e-6).mean())
+        retrieval += [equal_shares_nll(to_keys[q], t[3]) for q, t in enumerate(targets)]
     return previous_loss, torch.stack(retrieval).mean(), reading
+
+
+def equal_shares_nll(to_keys: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood of one query's attention row ``to_keys`` (seq,) putting equal
+    mass on <s> and on each of the k objects whose (k, 256) patch ``masks`` are given."""
+    objects = to_keys[IMAGE_START: IMAGE_START + GRID * GRID] @ masks.to(to_keys).T  # (k,)
+    groups = torch.cat([to_keys[:1], objects])  # <s>, then one entry per object
+    return -torch.log(groups + 1e-6).mean()
+
+
+def count_retrieval_loss(probs: torch.Tensor, input_ids: torch.Tensor, targets, head: int,
+                         plural_ids: set[int]) -> torch.Tensor | None:
+    """The retrieval pattern of ``attention_losses`` once more, for count questions only, in an
+    early layer (``--count-layer``, probabilities ``probs`` (batch, heads, seq, seq)).
+
+    A count question names a shape in the plural ("how many circles"), with no colour, so the
+    plural word's own embedding already says what to look for: in layer 0 the query is the
+    same for every count question about a shape and the keys are the projected patch features
+    that stage 1 supervises.  The later retrieval layer's query and keys also carry the rest of
+    the conversation and two layers of patch context, which made the per-object shares (the
+    count code) vary by about +-45 %.  Returns None when the batch has no count question."""
+    losses = [equal_shares_nll(probs[t[0], head, t[1]], t[3]) for t in targets
+              if int(input_ids[t[0], t[1]]) in plural_ids]
+    return torch.stack(losses).mean() if losses else None
 
 
 def curriculum_cap(step, total, frac):
@@ -544,6 +565,9 @@ def main(argv=None):
     ap.add_argument("--prev-layer", type=int, default=1,
                     help="decoder layer where the shape word is taught to read the word before it")
     ap.add_argument("--attn-head", type=int, default=0, help="head of both layers that is supervised")
+    ap.add_argument("--count-layer", type=int, default=None,
+                    help="also supervise the retrieval pattern of count questions in this (early) layer")
+    ap.add_argument("--count-head", type=int, default=0, help="head of --count-layer that is supervised")
     ap.add_argument("--retrieval-heads", default=None, type=lambda text: tuple(int(h) for h in text.split(",")),
                     help="comma list of the --attn-layer heads that learn retrieval (default: --attn-head)")
     ap.add_argument("--pos-init", type=float, default=0.3,
@@ -587,6 +611,9 @@ def main(argv=None):
     attn_hooks = []
     layers = model.model.language_model.layers
     supervised = {"previous": args.prev_layer, "attn": args.attn_layer, "read": args.read_layer}
+    if args.count_layer is not None:
+        supervised["count"] = args.count_layer
+    plural_ids = set(tok.convert_tokens_to_ids(list(scenes.PLURAL.values())))
     if args.attn_weight > 0:  # eager attention returns the probabilities the attention losses need
         restore_attention = eager_attention_only_in(model, set(supervised.values()))
         for name, idx in supervised.items():
@@ -651,6 +678,12 @@ def main(argv=None):
             track("retrieval", retrieval.item())
             track("reading", reading.item())
             loss = loss + attn_weight * (previous + retrieval + reading)
+            if args.count_layer is not None:
+                counting = count_retrieval_loss(captured.pop("count"), batch["input_ids"], targets,
+                                                args.count_head, plural_ids)
+                if counting is not None:
+                    track("counting", counting.item())
+                    loss = loss + attn_weight * counting
         if args.probe_weight > 0 and targets:
             hops = probe.loss(captured.pop("word_states"), captured.pop("answer_states"), targets)
             track("hops", hops.item())
