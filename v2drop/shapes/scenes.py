@@ -6,6 +6,12 @@ purple, orange, white``; small or large) placed uniformly over the whole image
 on a muted background (solid, linear gradient, or blocky texture, always with
 mild pixel noise).  Objects are ~16-32 px wide, i.e. 2-4 vision patches of the
 8 px patch grid, so every answer depends on a few of the 256 vision tokens.
+About half of the large circles, squares and triangles carry a digit or a letter
+(``Obj.glyph``, a 3x5 pixel font drawn 6x10 px in black or white at the object's
+centre).  No question asks for the glyph: it is clutter the model must see past
+(an 8 px patch holds barely a stroke of it, and the four question types already fill
+the training budget).  Glyphs come from their own random stream, so every other
+pixel, object and question is what it would be without them.
 
 Question types (one-word answers), each reported separately:
 
@@ -93,6 +99,7 @@ class Obj:
     x: float
     y: float
     r: float
+    glyph: str = ""  # digit or letter drawn on the object ("" = none)
 
 
 @dataclass
@@ -111,6 +118,45 @@ class Sample:
             "qtype": self.qtype,
             "objects": [o.__dict__ for o in self.objects],
         }
+
+
+# --------------------------------------------------------------------------- glyphs
+# 3x5 pixel font: five rows of three bits, top row first
+GLYPH_FONT = {
+    "0": ("111", "101", "101", "101", "111"), "1": ("010", "110", "010", "010", "111"),
+    "2": ("111", "001", "111", "100", "111"), "3": ("111", "001", "011", "001", "111"),
+    "4": ("101", "101", "111", "001", "001"), "5": ("111", "100", "111", "001", "111"),
+    "6": ("111", "100", "111", "101", "111"), "7": ("111", "001", "010", "010", "010"),
+    "8": ("111", "101", "111", "101", "111"), "9": ("111", "101", "111", "001", "111"),
+    "A": ("010", "101", "111", "101", "101"), "E": ("111", "100", "110", "100", "111"),
+    "H": ("101", "101", "111", "101", "101"), "K": ("101", "110", "100", "110", "101"),
+    "L": ("100", "100", "100", "100", "111"), "P": ("110", "101", "110", "100", "100"),
+    "T": ("111", "010", "010", "010", "010"), "X": ("101", "101", "010", "101", "101"),
+}
+GLYPHS = tuple(GLYPH_FONT)
+GLYPH_SCALE = 2  # output pixels per font pixel: a glyph is 6x10 px
+GLYPH_SHAPES = ("circle", "square", "triangle")  # a star's arms are too thin to hold one
+GLYPH_PROB = 0.5  # share of the large objects of those shapes that carry a glyph
+DARK_INK_ON = ("yellow", "white", "orange", "green")  # light colours get black ink, the rest white
+
+
+def assign_glyphs(objects, rng: np.random.Generator) -> None:
+    """Write a glyph on about half of the large circles, squares and triangles (in place)."""
+    for o in objects:
+        if o.shape in GLYPH_SHAPES and o.r >= LARGE_R[0] and rng.random() < GLYPH_PROB:
+            o.glyph = _pick(rng, GLYPHS)
+
+
+def _draw_glyph(draw: ImageDraw.ImageDraw, o: "Obj", ss: int) -> None:
+    """Draw ``o.glyph`` centred on the object, on a canvas ``ss`` times the image size."""
+    ink = (20, 20, 20) if o.color in DARK_INK_ON else (240, 240, 240)
+    cell = GLYPH_SCALE * ss
+    left, top = o.x * ss - 1.5 * cell, o.y * ss - 2.5 * cell
+    for row, bits in enumerate(GLYPH_FONT[o.glyph]):
+        for col, bit in enumerate(bits):
+            if bit == "1":
+                x0, y0 = left + col * cell, top + row * cell
+                draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=ink)
 
 
 # --------------------------------------------------------------------------- drawing
@@ -180,6 +226,8 @@ def render(objects, rng: np.random.Generator) -> Image.Image:
             poly = _polygon(o.shape, x, y, r, rot)
             d.polygon(poly, fill=col)
             dm.polygon(poly, fill=255)
+        if o.glyph:
+            _draw_glyph(d, o, ss)
     fg = np.asarray(big.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BOX), dtype=np.float32)
     m = np.asarray(mask.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BOX), dtype=np.float32)[..., None] / 255.0
     # foreground was drawn on black: un-premultiply where partially covered
@@ -333,6 +381,7 @@ def make_sample(rng: np.random.Generator, qtype: str, n_extra: int = 0, balance:
             break
     order = rng.permutation(len(objs))  # draw order / list order carries no information
     objs = [objs[i] for i in order]
+    assign_glyphs(objs, rng.spawn(1)[0])  # a child stream: ``rng``'s own draws stay as they were
     img = render(objs, rng)
     extra = []
     if n_extra > 0:
