@@ -110,3 +110,27 @@ def test_benchmark_cli(tmp_path):
     recs = [json.loads(line) for line in open(tmp_path / "questions.jsonl")]
     assert [r["question"] for r in recs] == [s.question for s in scenes.benchmark(4)]
     assert (tmp_path / "00000.png").exists()
+
+
+
+def test_glyphs_mark_some_large_objects_and_change_nothing_else(monkeypatch):
+    samples = [scenes.sample(5, i, n_extra=3) for i in range(60)]
+    objects = [o for s in samples for o in s.objects]
+    marked = [o for o in objects if o.glyph]
+    eligible = [o for o in objects if o.shape in scenes.GLYPH_SHAPES and o.r >= scenes.LARGE_R[0]]
+    assert marked and all(o in eligible for o in marked) and 0.3 < len(marked) / len(eligible) < 0.7
+    assert {o.glyph for o in marked} <= set(scenes.GLYPHS) and len({o.glyph for o in marked}) > 5
+    assert samples[0].to_dict()["objects"][0].keys() >= {"shape", "color", "glyph"}
+    # the same scenes drawn without glyphs: same objects and questions; pixels differ only in the ink
+    monkeypatch.setattr(scenes, "assign_glyphs", lambda objects, rng: None)
+    for i, s in enumerate(samples[:20]):
+        plain = scenes.sample(5, i, n_extra=3)
+        assert [(o.shape, o.color, o.x, o.y, o.r) for o in plain.objects] == [
+            (o.shape, o.color, o.x, o.y, o.r) for o in s.objects]
+        assert (plain.question, plain.answer, plain.extra) == (s.question, s.answer, s.extra)
+        ys, xs = np.nonzero(np.any(_pixels(s) != _pixels(plain), axis=-1))
+        inked = [o for o in s.objects if o.glyph]
+        assert bool(len(xs)) == bool(inked)
+        for x, y in zip(xs + 0.5, ys + 0.5):  # every changed pixel lies in a glyph box, inside its object
+            assert any(abs(x - o.x) <= 3.5 and abs(y - o.y) <= 5.5 and np.hypot(x - o.x, y - o.y) < o.r
+                       for o in inked)
