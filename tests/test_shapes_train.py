@@ -22,12 +22,16 @@ def test_patch_labels_mark_the_object_under_each_patch():
     assert shape_l[0] == 0 and color_l[GRID * GRID - 1] == 0  # far corners are background
 
 
-def test_attention_targets_point_at_the_shape_word_and_its_objects():
-    proc = build_processor()
-    tok = proc.tokenizer
-    samples = train_samples(1234, 3, 4, max_turns=5)
+def _training_batch(n_scenes):
+    """(tokenizer, scenes, input ids, attention targets) of a small stage-2 batch (step 3)."""
+    tok = build_processor().tokenizer
+    samples = train_samples(1234, 3, n_scenes, max_turns=5)
     batch, targets = make_batch(Encoder(tok), samples, 5)
-    ids = batch["input_ids"]
+    return tok, samples, batch["input_ids"], targets
+
+
+def test_attention_targets_point_at_the_shape_word_and_its_objects():
+    tok, samples, ids, targets = _training_batch(4)
     assert len(targets) >= len(samples)
     for b, word, assistant, masks, _ in targets:
         w = tok.convert_ids_to_tokens(int(ids[b, word]))
@@ -88,11 +92,7 @@ def test_attention_losses_are_lowest_on_the_target_pattern():
 
 
 def test_count_retrieval_loss_covers_count_questions_only():
-    proc = build_processor()
-    tok = proc.tokenizer
-    samples = train_samples(1234, 3, 8, max_turns=5)
-    batch, targets = make_batch(Encoder(tok), samples, 5)
-    ids = batch["input_ids"]
+    tok, samples, ids, targets = _training_batch(8)
     plural = set(tok.convert_tokens_to_ids(list(scenes.PLURAL.values())))
     counts = [t for t in targets if int(ids[t[0], t[1]]) in plural]
     assert 0 < len(counts) < len(targets)  # the batch mixes count and other questions
