@@ -32,6 +32,9 @@ Two-stage curriculum (pure training aids; the shipped model is a stock LLaVA):
      object it names with equal shares, so the share left on ``<s>`` codes the count and
      all of it on ``<s>`` codes "absent" (``attention_losses``);
    - ``--read-layer``: ``<|assistant|>`` (whose output is the answer) attends to that word;
+   - ``--count-layer`` (the shipped model: 0): the plural word of a count question ("circles")
+     learns the same retrieval pattern in an early layer, where its query is the word alone
+     (``count_retrieval_loss``); the later retrieval head's shares were too noisy to count by;
    - after ``--attn-layer`` (at the shape word) and after ``--read-layer`` (at
      ``<|assistant|>``) a throw-away linear probe must read the count and the named
      object's colour, row and column (``HopProbe``).
