@@ -147,7 +147,7 @@ def assign_glyphs(objects, rng: np.random.Generator) -> None:
             o.glyph = _pick(rng, GLYPHS)
 
 
-def _draw_glyph(draw: ImageDraw.ImageDraw, o: "Obj", ss: int) -> None:
+def _draw_glyph(draw: ImageDraw.ImageDraw, o: Obj, ss: int) -> None:
     """Draw ``o.glyph`` centred on the object, on a canvas ``ss`` times the image size."""
     ink = (20, 20, 20) if o.color in DARK_INK_ON else (240, 240, 240)
     cell = GLYPH_SCALE * ss
