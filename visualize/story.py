@@ -34,7 +34,7 @@ WHEN_LAZY_MATTERS = (
     "**When lazy tokens matter.** The rule assumes that a token the layers leave alone is one the question does "
     "not need. That is an observation about large models (LLaVA-1.5 in the paper), not a law. On the embedded "
     "Shapes model it fails early on. Its vision tower already delivers finished object features, so in decoder "
-    "layer 2 the object patches change about a third as much as the background: about 4 % of them rank in the "
+    "layer 2 the object patches change less than half as much as the background: about 3 % of them rank in the "
     "top half. A drop at layer 2 therefore removes the objects first, and the answer breaks. Look at the heatmap at an "
     "early drop layer, then try a schedule that starts later, or an attention-ranked baseline, and compare. "
     "The numbers are in `v2drop/shapes/README.md`."
