@@ -112,7 +112,6 @@ def test_benchmark_cli(tmp_path):
     assert (tmp_path / "00000.png").exists()
 
 
-
 def test_glyphs_mark_some_large_objects_and_change_nothing_else(monkeypatch):
     samples = [scenes.sample(5, i, n_extra=3) for i in range(60)]
     objects = [o for s in samples for o in s.objects]
