@@ -5,7 +5,7 @@ tokens each layer dropped.
     python app.py --host 0.0.0.0 --port 8080
     python app.py --benchmark          # time to first tokens / full pair on the embedded model
 
-Layout and event wiring only: model logic is in ``v2drop/chat.py``, drawing in ``visualize/``.
+Layout and event wiring only: model logic is in ``studio/chat.py``, drawing in ``visualize/``.
 """
 
 from __future__ import annotations
@@ -23,24 +23,19 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+import gradio as gr
+from PIL import Image
+from transformers.utils import logging as transformers_logging
 
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-
-import gradio as gr  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from v2drop.chat import (EMBEDDED_ID, MAX_VIDEO_FRAMES, SUGGESTED_MODELS, VIDEO_MODELS,  # noqa: E402
+from studio.chat import (EMBEDDED_ID, MAX_VIDEO_FRAMES, SUGGESTED_MODELS, VIDEO_MODELS,
                          ChatInputError, ModelLoadError, ModelRegistry, check_prompt, check_video_model, image_region,
                          load_image, load_video_file, nominal_vision_tokens, presets_for, schedule_summary,
                          stream_pair)
-from v2drop.schedule import DropSchedule  # noqa: E402
-from v2drop.trace import Trace  # noqa: E402
-from v2drop.video import SUPPORTED_EXTENSIONS, default_num_frames  # noqa: E402
-from v2drop.video_inputs import frames_per_layout_frame, supports_video  # noqa: E402
-from visualize import charts, overlay, story  # noqa: E402
+from v2drop.schedule import DropSchedule
+from v2drop.trace import Trace
+from v2drop.video import SUPPORTED_EXTENSIONS, default_num_frames
+from v2drop.video_inputs import frames_per_layout_frame, supports_video
+from visualize import charts, overlay, story
 
 try:  # Hugging Face ZeroGPU: run the model work on a GPU slice; a no-op everywhere else
     import spaces  # type: ignore
@@ -51,6 +46,7 @@ except ImportError:  # pragma: no cover - depends on the environment
         return fn if fn is not None else (lambda f: f)
 
 log = logging.getLogger("v2drop.app")
+ROOT = Path(__file__).resolve().parent
 EXAMPLES_DIR = ROOT / "assets" / "examples"
 VIDEOS_DIR = ROOT / "assets" / "videos"
 TRACE_DIR = Path(tempfile.gettempdir()) / "v2drop-studio"
@@ -467,7 +463,7 @@ def build_demo() -> gr.Blocks:
     state0["schedule"] = default_text
     _, schedule_md0 = _check_schedule(default_text, embedded, state0)
 
-    with gr.Blocks(title="V²Drop Studio") as demo:
+    with gr.Blocks(title="V²Drop Studio", analytics_enabled=False) as demo:
         state = gr.State(state0)
         gr.Markdown("# V²Drop Studio\nAsk a question about an image (or a video, with a video model); the **unpruned** model and the same model "
                     "with **V²Drop** (variation-aware vision-token dropping) answer side by side. Then look at "
@@ -607,20 +603,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=default_port, help="port (default 7860; env V2DROP_PORT)")
     parser.add_argument("--no-warm-up", action="store_true", help="skip the start-up warm-up run")
     parser.add_argument("--benchmark", action="store_true", help="run the latency benchmark and exit "
-                        "(same as python -m visualize.perf)")
+                        "(same as python -m studio.perf)")
     parser.add_argument("--json", default=None, help="with --benchmark: write the results here")
     args, rest = parser.parse_known_args(argv)
     if rest and not args.benchmark:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    args.rest = rest  # with --benchmark: passed on to visualize.perf (e.g. --repeats 1)
+    args.rest = rest  # with --benchmark: passed on to studio.perf (e.g. --repeats 1)
     return args
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    transformers_logging.set_verbosity_error()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.benchmark:
-        from visualize import perf
+        from studio import perf
         perf.main((["--json", args.json] if args.json else []) + args.rest)
         return
     demo = build_demo()

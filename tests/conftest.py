@@ -1,18 +1,16 @@
+"""Shared fixtures. The hub is offline for every test (set before transformers is imported)."""
+
 import os
-import sys
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tiny_models
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo
 
-import pytest
-import torch
-
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 import tiny_models  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 _BUILT: dict = {}
 

@@ -5,7 +5,8 @@ import json
 import torch
 
 import v2drop
-from v2drop import bench, bench_models
+from benchmarks import bench
+from benchmarks import models as bench_models
 
 
 def test_video_spec_pools_all_frames():

@@ -1,4 +1,4 @@
-"""v2drop.chat: safe image/prompt input, multi-turn inputs for every family, the interleaved
+"""studio.chat: safe image/prompt input, multi-turn inputs for every family, the interleaved
 unpruned / V²Drop streaming loop (same answers as generate), the model cache and its errors."""
 
 import struct
@@ -10,7 +10,7 @@ from PIL import Image
 
 import tiny_models
 import v2drop
-from v2drop.chat import (EMBEDDED_ID, ChatInputError, ModelLoadError, ModelRegistry, build_inputs, build_messages,
+from studio.chat import (EMBEDDED_ID, ChatInputError, ModelLoadError, ModelRegistry, build_inputs, build_messages,
                          check_prompt, image_region, load_image, presets_for, schedule_summary, stream_pair)
 from v2drop.schedule import DropSchedule
 
@@ -214,7 +214,7 @@ def test_stream_pair_survives_being_resumed_from_other_threads(tiny):
 # ------------------------------------------------------------------------------ video
 from pathlib import Path  # noqa: E402
 
-from v2drop.chat import (MAX_VIDEO_FRAMES, build_video_inputs, build_video_messages, check_num_frames,  # noqa: E402
+from studio.chat import (MAX_VIDEO_FRAMES, build_video_inputs, build_video_messages, check_num_frames,  # noqa: E402
                          check_video_model, load_video_file)
 
 VIDEOS = Path(__file__).resolve().parents[1] / "assets" / "videos"

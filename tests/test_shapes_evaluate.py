@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from v2drop.shapes import scenes
-from v2drop.shapes.evaluate import evaluate, first_word, format_table, object_variation
-from v2drop.shapes.model import DEFAULT_MODEL_DIR, build_model, build_processor
+from shapes import scenes
+from shapes.evaluate import evaluate, first_word, format_table, object_variation
+from shapes.model import DEFAULT_MODEL_DIR, build_model, build_processor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WEIGHTS = os.path.join(DEFAULT_MODEL_DIR, "model.safetensors")
@@ -37,7 +37,7 @@ def test_evaluate_core_on_random_model():
 def test_evaluate_command_small_slice(tmp_path):
     out = tmp_path / "res.json"
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=REPO)
-    cmd = [sys.executable, "-m", "v2drop.shapes.evaluate", "--n", "16", "--methods", "none,v2drop",
+    cmd = [sys.executable, "-m", "shapes.evaluate", "--n", "16", "--methods", "none,v2drop",
            "--budgets", "0.5", "--variation", "4", "--out", str(out)]
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -53,8 +53,8 @@ def test_evaluate_command_small_slice(tmp_path):
 def test_object_variation_is_the_v2drop_score_on_object_and_background_patches():
     import torch
 
-    from v2drop.shapes.evaluate import build_inputs
-    from v2drop.shapes.train import object_patches
+    from shapes.evaluate import build_inputs
+    from shapes.train import object_patches
 
     proc = build_processor()
     model = build_model(seed=0, tokenizer=proc.tokenizer).eval()

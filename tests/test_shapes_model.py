@@ -5,13 +5,13 @@ import os
 import pytest
 import torch
 
-from v2drop.shapes import scenes
-from v2drop.shapes.model import DEFAULT_MODEL_DIR, NUM_VISION_TOKENS, build_config, build_processor
+from shapes import scenes
+from shapes.model import DEFAULT_MODEL_DIR, NUM_VISION_TOKENS, build_config, build_processor
 
 WEIGHTS = os.path.join(DEFAULT_MODEL_DIR, "model.safetensors")
 needs_weights = pytest.mark.skipif(
     not os.path.exists(WEIGHTS),
-    reason=f"trained Shapes weights missing ({WEIGHTS}); run `python -m v2drop.shapes.train`",
+    reason=f"trained Shapes weights missing ({WEIGHTS}); run `python -m shapes.train`",
 )
 
 
@@ -44,7 +44,7 @@ def test_chat_template_expands_image_first(processor):
 
 
 def test_training_normalisation_matches_processor(processor):
-    from v2drop.shapes.train import pixel_values_from_images
+    from shapes.train import pixel_values_from_images
 
     imgs = [scenes.sample(2, i).image for i in range(2)]
     ref = processor.image_processor(imgs, return_tensors="pt")["pixel_values"]
@@ -83,11 +83,11 @@ def test_known_heldout_answers():
     """Held-out answers the shipped model is known to get right.
 
     On the first 64 benchmark questions the shipped model answers 61 correctly (colour 16/16,
-    count 13/16, position 16/16, exist 16/16; 91.1 % on all 1,200, see v2drop/shapes/README.md).
+    count 13/16, position 16/16, exist 16/16; 91.1 % on all 1,200, see shapes/README.md).
     Those answers are pinned, of every question type, so a broken load / processor / template /
     attention path makes this fail.  One miss is tolerated (float32 sums differ across CPUs)."""
-    from v2drop.shapes.evaluate import evaluate
-    from v2drop.shapes.model import load_default
+    from shapes.evaluate import evaluate
+    from shapes.model import load_default
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     model, proc = load_default()

@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from v2drop.shapes import scenes
+from shapes import scenes
 
 
 def _pixels(s):
@@ -93,7 +93,7 @@ def test_objects_do_not_overlap_and_fit():
 
 
 def test_vocabulary_covers_every_question():
-    from v2drop.shapes.model import build_tokenizer
+    from shapes.model import build_tokenizer
 
     tok = build_tokenizer()
     for i in range(60):

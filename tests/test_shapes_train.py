@@ -6,9 +6,9 @@ import os
 
 import torch
 
-from v2drop.shapes import scenes
-from v2drop.shapes.model import build_model, build_processor
-from v2drop.shapes.train import (GRID, IMAGE_START, Encoder, HopProbe, attention_losses, centre_patch, count_retrieval_loss,
+from shapes import scenes
+from shapes.model import build_model, build_processor
+from shapes.train import (GRID, IMAGE_START, Encoder, HopProbe, attention_losses, centre_patch, count_retrieval_loss,
                                  eager_attention_only_in, focus_samples, hop_facts, init_position_embeddings, main, make_aux_head,
                                  make_batch, patch_labels, train_samples)
 

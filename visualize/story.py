@@ -37,7 +37,7 @@ WHEN_LAZY_MATTERS = (
     "layer 2 the object patches change less than half as much as the background: about 3 % of them rank in the "
     "top half. A drop at layer 2 therefore removes the objects first, and the answer breaks. Look at the heatmap at an "
     "early drop layer, then try a schedule that starts later, or an attention-ranked baseline, and compare. "
-    "The numbers are in `v2drop/shapes/README.md`."
+    "The numbers are in `shapes/README.md`."
 )
 
 

@@ -1,8 +1,8 @@
 """Speed, memory, accuracy and positional bias of V²Drop and the baselines, side by side.
 
-    python -m v2drop.bench --model onevision-0.5b --repeats 3 --max-new-tokens 4 --out results/bench
-    python -m v2drop.bench --model qwen2-vl-2b --schedules paper-192 --repeats 1 --out results/bench
-    python -m v2drop.bench --model shapes --accuracy --n 300 --out results/bench
+    python -m benchmarks.bench --model onevision-0.5b --repeats 3 --max-new-tokens 4 --out results/bench
+    python -m benchmarks.bench --model qwen2-vl-2b --schedules paper-192 --repeats 1 --out results/bench
+    python -m benchmarks.bench --model shapes --accuracy --n 300 --out results/bench
 
 Speed and memory (every ``--model``). One process loads the model once; every configuration
 (``none``, V²Drop at each schedule, each baseline at the same layer-averaged budget) is run
@@ -23,8 +23,8 @@ shared ratio (PyramidDrop's layout), ``random`` / ``uniform`` V²Drop's own sche
 choice of tokens differs), ``downsample`` ``0:share`` (pooling before layer 0). When a budget is
 out of a layout's reach the first stage moves earlier; the table shows every schedule used.
 
-Accuracy (``--accuracy``, ``--model shapes`` only): ``v2drop.shapes.evaluate.evaluate`` on the
-held-out benchmark ``v2drop.shapes.scenes.benchmark(n)``, every method at every budget, with the
+Accuracy (``--accuracy``, ``--model shapes`` only): ``shapes.evaluate.evaluate`` on the
+held-out benchmark ``shapes.scenes.benchmark(n)``, every method at every budget, with the
 share of the unpruned accuracy kept ("relative performance"). The same runs give the positional
 bias (paper Fig. 2): per bin of the vision-token index, the share of tokens kept at the FIRST
 drop layer of each method, and the layer-averaged share (the mean over the N layers of "alive at
@@ -46,9 +46,9 @@ from typing import Any
 
 import torch
 
-from . import compat
-from .memory import process_rss
-from .schedule import PRESETS, DropSchedule
+from v2drop import compat
+from v2drop.memory import process_rss
+from v2drop.schedule import PRESETS, DropSchedule
 
 __all__ = ["main", "matched_schedule", "paper_schedules", "run_speed", "run_accuracy", "fastv_layer"]
 
@@ -157,7 +157,7 @@ class LLMTimer:
 def run_once(model, inputs: dict, method: str, schedule: DropSchedule | None, max_new_tokens: int,
              clock: str = "wall") -> dict:
     """One ``generate`` of ``max_new_tokens`` tokens (forced), measured (times in ``clock``)."""
-    from . import apply, get_method
+    from v2drop import apply, get_method
 
     cuda = next(model.parameters()).device.type == "cuda"
     rule = None if method == "none" else get_method(method)
@@ -212,7 +212,7 @@ def _median(values: list) -> float | None:
 
 
 def _load_shapes(device: str, shapes_random: bool, weights: str | None):
-    from .shapes import model as shapes_model
+    from shapes import model as shapes_model
 
     if weights and os.path.isfile(weights):  # a training checkpoint (torch.save dict with "model")
         model, processor = shapes_model.build_model(seed=0), shapes_model.build_processor()
@@ -233,9 +233,9 @@ def _load_shapes(device: str, shapes_random: bool, weights: str | None):
 def load_model(name: str, device: str = "cpu", shapes_random: bool = False, shapes_weights: str | None = None):
     """(model, processor or None, inputs, info) for a ``--model`` name."""
     if name == "shapes":
-        from .shapes import evaluate as shapes_eval
-        from .shapes import model as shapes_model
-        from .shapes import scenes
+        from shapes import evaluate as shapes_eval
+        from shapes import model as shapes_model
+        from shapes import scenes
 
         model, processor, weights = _load_shapes(device, shapes_random, shapes_weights)
         sample = scenes.benchmark(1)[0]
@@ -243,7 +243,7 @@ def load_model(name: str, device: str = "cpu", shapes_random: bool = False, shap
         n_vis = shapes_model.NUM_VISION_TOKENS
         info = dict(model="shapes", description=f"embedded Shapes LLaVA, weights {weights}", weights=weights)
     else:
-        from . import bench_models
+        from benchmarks import models as bench_models
 
         model, spec = bench_models.build(name)
         model = model.to(device)
@@ -362,8 +362,8 @@ class BiasCollector:
 
 def run_accuracy(model, processor, info: dict, methods: list[str], schedules: dict[str, DropSchedule],
                  n: int = 300, batch_size: int = 32, bins: int = 16, log=print) -> tuple[list[dict], dict]:
-    from .shapes import evaluate as shapes_eval
-    from .shapes import scenes
+    from shapes import evaluate as shapes_eval
+    from shapes import scenes
 
     questions = scenes.benchmark(n)
     layers, n_vis = info["num_layers"], info["num_vision_tokens"]
@@ -523,7 +523,7 @@ def _parse_schedules(text: str | None, num_layers: int) -> dict[str, DropSchedul
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m v2drop.bench", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="shapes", help="shapes | onevision-0.5b | qwen2-vl-2b | tiny")
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     ap.add_argument("--schedules", default=None,
@@ -554,7 +554,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     model, processor, inputs, info = load_model(args.model, args.device, args.shapes_random, args.shapes_weights)
     info.update(device=args.device, threads=args.threads, clock=args.clock, torch=torch.__version__, dtype="float32",
-                command="python -m v2drop.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+                command="python -m benchmarks.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
                 malloc_mmap_threshold=os.environ.get(MMAP_ENV))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     schedules = _parse_schedules(args.schedules, info["num_layers"])
@@ -599,7 +599,7 @@ def _reexec_with_fixed_mmap_threshold() -> None:
     makes RSS useless for per-run peaks: fix it (64 KiB) before the allocator starts."""
     if os.environ.get(MMAP_ENV) is None and sys.platform.startswith("linux"):
         env = dict(os.environ, **{MMAP_ENV: "65536", "MALLOC_TRIM_THRESHOLD_": "0"})
-        os.execve(sys.executable, [sys.executable, "-m", "v2drop.bench", *sys.argv[1:]], env)
+        os.execve(sys.executable, [sys.executable, "-m", "benchmarks.bench", *sys.argv[1:]], env)
 
 
 if __name__ == "__main__":

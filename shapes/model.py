@@ -37,7 +37,7 @@ from pathlib import Path
 
 from .scenes import IMAGE_SIZE, VOCAB_WORDS
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = str(REPO_ROOT / "assets" / "shapes-llava")
 
 PATCH_SIZE = 8
@@ -189,7 +189,7 @@ def load_default(device: str = "cpu", model_dir: str | None = None):
     path = model_dir or DEFAULT_MODEL_DIR
     if not os.path.exists(os.path.join(path, "model.safetensors")):
         raise FileNotFoundError(
-            f"no trained Shapes model in {path}; run `python -m v2drop.shapes.train --out {path}`"
+            f"no trained Shapes model in {path}; run `python -m shapes.train --out {path}`"
         )
     processor = AutoProcessor.from_pretrained(path, local_files_only=True)
     model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True, dtype=torch.float32)

@@ -35,7 +35,7 @@ benchmark (different seed from training: training uses ``TRAIN_SEED``).
 
 Regenerate the benchmark (JSON lines + PNGs)::
 
-    python -m v2drop.shapes.scenes --benchmark --n 1200 --out /tmp/shapes-bench
+    python -m shapes.scenes --benchmark --n 1200 --out /tmp/shapes-bench
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Train the embedded Shapes model from scratch: ``python -m v2drop.shapes.train``.
+"""Train the embedded Shapes model from scratch: ``python -m shapes.train``.
 
 Reproduces ``assets/shapes-llava/``.  Everything is seeded: model init from ``--seed``,
 training examples are generated on the fly from ``(--data-seed, example index)`` so a

@@ -1,6 +1,6 @@
 """Accuracy of the Shapes model on the held-out benchmark, unpruned and with token dropping.
 
-    python -m v2drop.shapes.evaluate [--model DIR] [--n 1200] [--methods none,v2drop]
+    python -m shapes.evaluate [--model DIR] [--n 1200] [--methods none,v2drop]
                                      [--budgets 0.5,0.333,0.111] [--out results.json]
 
 For every method other than ``none`` (the unpatched model) and every budget, a
@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from ..schedule import DropSchedule
+from v2drop.schedule import DropSchedule
 from . import scenes
 
 DEFAULT_BUDGETS = (0.5, 1 / 3, 1 / 9)

@@ -3,12 +3,12 @@
 A small LLaVA (SigLIP tower + Qwen2 decoder) trained from scratch on procedurally
 generated scenes (see ``scenes.py``), shipped in ``assets/shapes-llava/``.
 
-Submodules (imported lazily so importing ``v2drop.shapes`` stays cheap):
+Submodules (imported lazily so importing ``shapes`` stays cheap):
 
-* ``v2drop.shapes.scenes``   - deterministic scene / question generator and benchmark
-* ``v2drop.shapes.model``    - config, tokenizer/processor builders, ``load_default``
-* ``v2drop.shapes.train``    - ``python -m v2drop.shapes.train`` reproduces the weights
-* ``v2drop.shapes.evaluate`` - ``python -m v2drop.shapes.evaluate`` accuracy tables
+* ``shapes.scenes``   - deterministic scene / question generator and benchmark
+* ``shapes.model``    - config, tokenizer/processor builders, ``load_default``
+* ``shapes.train``    - ``python -m shapes.train`` reproduces the weights
+* ``shapes.evaluate`` - ``python -m shapes.evaluate`` accuracy tables
 """
 
 from __future__ import annotations

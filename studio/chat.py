@@ -3,7 +3,7 @@ generation loop, and a small cache of loaded models.
 
 Nothing here knows about Gradio; ``app.py`` is layout and wiring only. Typical use::
 
-    from v2drop.chat import ModelRegistry, load_image, stream_pair
+    from studio.chat import ModelRegistry, load_image, stream_pair
     registry = ModelRegistry()
     entry = registry.embedded()
     image, notes = load_image("assets/examples/shapes_0_color.png")
@@ -32,12 +32,12 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .compat import kv_cache_bytes
-from .engine import apply
-from .memory import memory_now
-from .schedule import PRESETS, DropSchedule
-from .trace import Trace
-from .video import SUPPORTED_EXTENSIONS, DecodedVideo, VideoLimits, load_video
+from v2drop.compat import kv_cache_bytes
+from v2drop.engine import apply
+from v2drop.memory import memory_now
+from v2drop.schedule import PRESETS, DropSchedule
+from v2drop.trace import Trace
+from v2drop.video import SUPPORTED_EXTENSIONS, DecodedVideo, VideoLimits, load_video
 
 __all__ = [
     "ChatInputError", "ModelLoadError", "RunStats", "PairEvent", "LoadedModel", "ModelRegistry",
@@ -195,7 +195,7 @@ def _field(obj: Any, key: str) -> Any:
 # ---------------------------------------------------------------------------------- video
 def check_video_model(model: torch.nn.Module, name: str | None = None) -> None:
     """:class:`ChatInputError` naming the video models if ``model`` takes no video."""
-    from .video_inputs import supports_video
+    from v2drop.video_inputs import supports_video
     if not supports_video(model):
         label = name or getattr(model.config, "model_type", type(model).__name__)
         raise ChatInputError(f"{label} takes no video (only images). Video needs a video model: {VIDEO_MODELS} "
@@ -246,7 +246,7 @@ def build_video_messages(turns: Sequence[tuple[str, str]], question: str) -> lis
 def build_video_inputs(processor: Any, turns: Sequence[tuple[str, str]], question: str,
                        video: DecodedVideo) -> Any:
     """Tokenised multi-turn prompt + video pixel values (batch of 1), with or without torchvision."""
-    from .video_inputs import video_inputs
+    from v2drop.video_inputs import video_inputs
     try:
         return video_inputs(processor, video, build_video_messages(turns, question))
     except ValueError as err:
@@ -570,7 +570,7 @@ def _pick_device() -> str:
 
 
 def _explain_load_error(model_id: str, err: BaseException) -> str:
-    from .adapters import UnsupportedModelError, supported_architectures
+    from v2drop.adapters import UnsupportedModelError, supported_architectures
 
     text = f"{type(err).__name__}: {err}"
     low = text.lower()
@@ -610,7 +610,7 @@ class ModelRegistry:
 
     # embedded -------------------------------------------------------------------------------
     def _weights_path(self) -> Path:
-        from .shapes.model import DEFAULT_MODEL_DIR
+        from shapes.model import DEFAULT_MODEL_DIR
         return Path(self.embedded_dir or DEFAULT_MODEL_DIR) / "model.safetensors"
 
     def embedded(self) -> LoadedModel:
@@ -622,7 +622,7 @@ class ModelRegistry:
             return self._embedded
 
     def _load_embedded(self) -> LoadedModel:
-        from .shapes import model as shapes
+        from shapes import model as shapes
         label = "Embedded Shapes model (tiny LLaVA, 8 layers, 256 vision tokens; understands generated " \
                 "shape scenes: colours, counts, positions, existence of circles/squares/triangles/stars)"
         try:
@@ -665,8 +665,8 @@ class ModelRegistry:
             if model_id in self._extra:
                 self._extra.move_to_end(model_id)
                 return self._extra[model_id]
-        from .adapters import get_adapter
-        from .loading import load_model
+        from v2drop.adapters import get_adapter
+        from v2drop.loading import load_model
 
         def report(fraction: float, message: str) -> None:
             if progress is not None:

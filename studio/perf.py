@@ -1,7 +1,7 @@
 """Latency benchmark of the side-by-side chat on the embedded model (not a timed test).
 
-    python -m visualize.perf                 # in process: the model-side loop the app runs
-    python -m visualize.perf --app http://127.0.0.1:7860/   # through a running app (gradio_client)
+    python -m studio.perf                 # in process: the model-side loop the app runs
+    python -m studio.perf --app http://127.0.0.1:7860/   # through a running app (gradio_client)
     python app.py --benchmark                # same as the first
 
 Prints, per example question, the time to the first token of the unpruned answer and of the V²Drop
@@ -32,7 +32,7 @@ def _questions() -> list[tuple[str, str]]:
 def bench_in_process(repeats: int, schedule: str, max_new_tokens: int) -> dict:
     import torch
 
-    from v2drop.chat import ModelRegistry, load_image, stream_pair
+    from studio.chat import ModelRegistry, load_image, stream_pair
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     t0 = time.perf_counter()

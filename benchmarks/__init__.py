@@ -1,0 +1,1 @@
+"""Speed, memory and accuracy benchmarks of v2drop: ``python -m benchmarks.bench``."""
