@@ -42,12 +42,13 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from v2drop import compat
-from v2drop.memory import process_rss
+from v2drop.adapters import adapter_class, decoder_depth
+from v2drop.memory import module_device, process_rss
 from v2drop.schedule import PRESETS, DropSchedule
 
 __all__ = ["main", "matched_schedule", "paper_schedules", "run_speed", "run_accuracy", "fastv_layer"]
@@ -55,6 +56,7 @@ __all__ = ["main", "matched_schedule", "paper_schedules", "run_speed", "run_accu
 DEFAULT_METHODS = ("none", "v2drop", "fastv", "fastv-lite", "pdrop", "random", "uniform", "downsample")
 ACCURACY_METHODS = ("none", "v2drop", "fastv", "pdrop", "random", "uniform", "downsample")  # fastv-lite = fastv's tokens
 MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
+SHAPES_PRESETS = ("shapes-50%", "shapes-33%", "shapes-15%")
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -68,26 +70,26 @@ def pdrop_layers(num_layers: int) -> tuple[int, ...]:
     return tuple(sorted({max(1, num_layers * i // 4) for i in (1, 2, 3)}))
 
 
-def _scaled(text: str, num_layers: int) -> DropSchedule:
-    """A 32-layer LLaVA-1.5 schedule with its layers scaled to ``num_layers``."""
-    stages, used = [], set()
-    for layer, ratio in DropSchedule.parse(text).stages:
-        new = min(num_layers - 1, max(1, int(layer * num_layers / 32 + 0.5)))
-        while new in used:
-            new += 1
-        used.add(new)
-        stages.append((new, ratio))
-    return DropSchedule(stages)
-
-
-def paper_schedules(num_layers: int) -> dict[str, DropSchedule]:
-    """Named V²Drop schedules for a model with ``num_layers`` decoder layers."""
-    if num_layers == 8:  # the embedded shapes model
-        return {name: DropSchedule.preset(name) for name in ("shapes-50%", "shapes-33%", "shapes-15%")}
-    out = {f"paper-{b}": _scaled(PRESETS[f"llava-1.5-{b}"][0], num_layers) for b in (192, 128, 64)}
-    if num_layers == 28:
-        out["qwen2-vl-official"] = DropSchedule.preset("qwen2-vl-official")
+def paper_schedules(num_layers: int, own_presets: Sequence[str] = ()) -> dict[str, DropSchedule]:
+    """The paper's LLaVA-1.5 budgets (``paper-192/128/64``) with their drop layers scaled to
+    ``num_layers`` (:meth:`DropSchedule.scaled_to`), then the model family's own presets that
+    differ from them (e.g. ``qwen2-vl-official``)."""
+    out = {f"paper-{b}": DropSchedule.preset(f"llava-1.5-{b}").scaled_to(num_layers) for b in (192, 128, 64)}
+    texts = {str(schedule) for schedule in out.values()}
+    for name in own_presets:
+        if str(DropSchedule.preset(name)) not in texts:
+            out[name] = DropSchedule.preset(name)
     return out
+
+
+def default_schedules(model: torch.nn.Module, info: dict) -> dict[str, DropSchedule]:
+    """The schedules a run uses when ``--schedules`` is not given: the embedded model's own
+    presets, or :func:`paper_schedules` with the family's presets."""
+    if info["model"] == "shapes":
+        return {name: DropSchedule.preset(name) for name in SHAPES_PRESETS}
+    family = adapter_class(model)
+    own = family.own_presets(info["num_layers"]) if family is not None else ()
+    return paper_schedules(info["num_layers"], own)
 
 
 def matched_schedule(method: str, reference: DropSchedule, num_layers: int, n: int) -> tuple[DropSchedule, str | None]:
@@ -159,7 +161,7 @@ def run_once(model, inputs: dict, method: str, schedule: DropSchedule | None, ma
     """One ``generate`` of ``max_new_tokens`` tokens (forced), measured (times in ``clock``)."""
     from v2drop import apply, get_method
 
-    cuda = next(model.parameters()).device.type == "cuda"
+    cuda = module_device(model).type == "cuda"
     rule = None if method == "none" else get_method(method)
     if hasattr(rule, "materialised_bytes"):
         rule.materialised_bytes = 0
@@ -230,7 +232,7 @@ def _load_shapes(device: str, shapes_random: bool, weights: str | None):
         return model.to(device).eval(), processor, "RANDOM (no trained weights found)"
 
 
-def load_model(name: str, device: str = "cpu", shapes_random: bool = False, shapes_weights: str | None = None):
+def load_bench_model(name: str, device: str = "cpu", shapes_random: bool = False, shapes_weights: str | None = None):
     """(model, processor or None, inputs, info) for a ``--model`` name."""
     if name == "shapes":
         from shapes import evaluate as shapes_eval
@@ -254,7 +256,7 @@ def load_model(name: str, device: str = "cpu", shapes_random: bool = False, shap
     text = model.config.text_config
     n_text = int(inputs["input_ids"].shape[1]) - n_vis
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    info.update(num_layers=text.num_hidden_layers, num_vision_tokens=n_vis, num_text_tokens=n_text,
+    info.update(num_layers=decoder_depth(model), num_vision_tokens=n_vis, num_text_tokens=n_text,
                 hidden_size=text.hidden_size, intermediate_size=text.intermediate_size,
                 kv_hidden_size=text.num_key_value_heads * head_dim,
                 parameters=sum(p.numel() for p in model.parameters()))
@@ -506,8 +508,7 @@ def bias_chart(bias: dict, info: dict, path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- CLI
-def _parse_schedules(text: str | None, num_layers: int) -> dict[str, DropSchedule]:
-    available = paper_schedules(num_layers)
+def _parse_schedules(text: str | None, available: dict[str, DropSchedule]) -> dict[str, DropSchedule]:
     if not text:
         return available
     out = {}
@@ -552,12 +553,12 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     log = lambda msg: print(msg, flush=True)  # noqa: E731
 
-    model, processor, inputs, info = load_model(args.model, args.device, args.shapes_random, args.shapes_weights)
+    model, processor, inputs, info = load_bench_model(args.model, args.device, args.shapes_random, args.shapes_weights)
     info.update(device=args.device, threads=args.threads, clock=args.clock, torch=torch.__version__, dtype="float32",
                 command="python -m benchmarks.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
                 malloc_mmap_threshold=os.environ.get(MMAP_ENV))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    schedules = _parse_schedules(args.schedules, info["num_layers"])
+    schedules = _parse_schedules(args.schedules, default_schedules(model, info))
     log(f"{info['model']}: {info['description']}; {info['num_layers']} layers, {info['num_vision_tokens']} vision + "
         f"{info['num_text_tokens']} text tokens, {info['parameters'] / 1e6:.0f} M parameters")
     report = [f"## {info['model']}", "", f"`{info['command']}`", "",

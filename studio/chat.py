@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import threading
 import time
 import warnings
@@ -29,13 +30,16 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import logging
+
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from v2drop.adapters import adapter_class, decoder_depth
 from v2drop.compat import kv_cache_bytes
 from v2drop.engine import apply
-from v2drop.memory import memory_now
-from v2drop.schedule import PRESETS, DropSchedule
+from v2drop.memory import memory_now, module_device
+from v2drop.schedule import PAPER_LAYERS, PRESETS, DropSchedule, scale_layers
 from v2drop.trace import Trace
 from v2drop.video import SUPPORTED_EXTENSIONS, DecodedVideo, VideoLimits, load_video
 
@@ -44,9 +48,10 @@ __all__ = [
     "load_image", "check_prompt", "build_messages", "build_inputs", "image_region", "stream_pair",
     "EMBEDDED_ID", "SUGGESTED_MODELS", "presets_for", "schedule_summary", "nominal_vision_tokens",
     "load_video_file", "check_video_model", "check_num_frames", "build_video_messages", "build_video_inputs",
-    "VIDEO_MODELS", "MAX_VIDEO_FRAMES", "APP_VIDEO_LIMITS",
+    "VIDEO_MODELS", "MAX_VIDEO_FRAMES", "APP_VIDEO_LIMITS", "ModelCard", "check_special_tokens", "public_text",
 ]
 
+log = logging.getLogger("v2drop.studio")
 EMBEDDED_ID = "embedded: shapes-llava"
 SUGGESTED_MODELS = [
     "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
@@ -97,6 +102,8 @@ def load_image(source: str | os.PathLike | Image.Image | None, max_side: int = M
                     w, h = opened.size
                     if w * h > max_pixels:
                         raise Image.DecompressionBombError(f"{w * h} pixels")
+                    if getattr(opened, "n_frames", 1) > 1:  # before copy(): a copy is one frame
+                        notes.append("Animated image: only its first frame is used.")
                     opened.draft("RGB", (max_side, max_side))  # JPEG: decode at reduced size
                     image = opened.copy()
                     image.load()
@@ -104,26 +111,18 @@ def load_image(source: str | os.PathLike | Image.Image | None, max_side: int = M
             raise ChatInputError(
                 f"This image is too large to decode safely (over {max_pixels / 1e6:.0f} megapixels, the "
                 "decompression-bomb limit). Please upload a smaller image.") from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
             raise ChatInputError(
-                f"{path.name!r} is not a readable image ({type(err).__name__}). Upload a PNG, JPEG, WebP, "
-                "GIF or BMP file.") from None
+                f"{path.name!r} is not a readable image. Upload a PNG, JPEG, WebP, GIF or BMP file.") from None
         finally:
             Image.MAX_IMAGE_PIXELS = old_limit
     try:
         image = ImageOps.exif_transpose(image)
     except Exception:  # broken EXIF: keep the pixels as stored
         pass
-    if getattr(image, "n_frames", 1) > 1:
+    if isinstance(source, Image.Image) and getattr(image, "n_frames", 1) > 1:
         notes.append("Animated image: only its first frame is used.")
-    if image.mode != "RGB":
-        if image.mode in ("RGBA", "LA", "P"):
-            rgba = image.convert("RGBA")
-            background = Image.new("RGB", rgba.size, (255, 255, 255))
-            background.paste(rgba, mask=rgba.getchannel("A"))
-            image = background
-        else:
-            image = image.convert("RGB")
+    image = _to_rgb(image, notes)
     w, h = image.size
     if w < 2 or h < 2:
         raise ChatInputError(f"The image is only {w}×{h} pixels; upload a larger one.")
@@ -132,6 +131,69 @@ def load_image(source: str | os.PathLike | Image.Image | None, max_side: int = M
         image = image.resize((max(2, round(w * scale)), max(2, round(h * scale))), Image.Resampling.LANCZOS)
         notes.append(f"The image was {w}×{h} pixels; it was downscaled to {image.width}×{image.height}.")
     return image, notes
+
+
+def _to_rgb(image: Image.Image, notes: list[str]) -> Image.Image:
+    """8-bit RGB: transparency over white; 16-bit, 32-bit and float pixels scaled to 8 bits by the
+    values they really hold (PIL's own conversion clips them to all-white or all-black)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "La", "PA", "P"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if image.mode in ("I", "F") or image.mode.startswith("I;"):
+        return _high_depth_to_rgb(image, notes)
+    try:
+        return image.convert("RGB")
+    except ValueError:
+        raise ChatInputError(f"Images in the {image.mode} colour mode are not supported; upload an RGB "
+                             "or greyscale image.") from None
+
+
+def _high_depth_to_rgb(image: Image.Image, notes: list[str]) -> Image.Image:
+    """A greyscale image of more than 8 bits (``I;16``, ``I``, ``F``) as 8-bit RGB, stretched from its
+    lowest to its highest finite value."""
+    import numpy as np
+
+    values = np.asarray(image, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        raise ChatInputError("The image holds no finite pixel values; upload another image.")
+    low, high = float(finite.min()), float(finite.max())
+    scaled = (np.nan_to_num(values, nan=low, posinf=high, neginf=low) - low) / ((high - low) or 1.0)
+    grey = Image.fromarray(np.clip(np.rint(scaled * 255.0), 0, 255).astype(np.uint8), mode="L")
+    kind = "floating-point" if image.mode == "F" else "high bit depth (16/32-bit)"
+    notes.append(f"The image has {kind} greyscale pixels; it was scaled to 8 bits from its value range "
+                 f"{low:g} to {high:g}.")
+    return grey.convert("RGB")
+
+
+def check_special_tokens(question: str, processor: Any) -> str:
+    """``question`` unchanged, or :class:`ChatInputError` if it contains one of the model's control
+    tokens (``<image>``, ``<|im_start|>``, ``</s>``, …): they would be read as markup, not text."""
+    found = sorted(t for t in _control_tokens(processor) if t in question)
+    if found:
+        shown = ", ".join(repr(t) for t in found[:3])
+        raise ChatInputError(f"The question contains {shown}, which this model reads as a control token, not "
+                             "as text. Please rephrase it without that token.")
+    return question
+
+
+def _control_tokens(processor: Any) -> set[str]:
+    """The tokenizer's special and added special tokens, and the processor's image/video tokens."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    tokens = set(getattr(tokenizer, "all_special_tokens", None) or [])
+    for added in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(added, "special", False):
+            tokens.add(str(added.content))
+    for owner in (processor, tokenizer):
+        for name in ("image_token", "video_token", "boi_token", "eoi_token"):
+            value = getattr(owner, name, None)
+            if isinstance(value, str):
+                tokens.add(value)
+    return {t for t in tokens if t and len(t) > 1}
 
 
 def check_prompt(text: str | None, max_chars: int = MAX_PROMPT_CHARS) -> str:
@@ -228,12 +290,27 @@ def load_video_file(source: str | os.PathLike | None, num_frames: int,
     try:
         video = load_video(path, num_frames=num_frames, limits=limits, max_side=max_side)
     except ValueError as err:
-        hint = "" if path.suffix.lower() in SUPPORTED_EXTENSIONS or "supported" in str(err) else \
+        reason = public_text(str(err), path)
+        hint = "" if path.suffix.lower() in SUPPORTED_EXTENSIONS or "supported" in reason else \
             f" (supported: {', '.join(e.lstrip('.') for e in SUPPORTED_EXTENSIONS)})"
-        raise ChatInputError(f"This video cannot be used: {err}{hint}.") from None
+        raise ChatInputError(f"This video cannot be used: {reason}{hint}.") from None
     except ImportError:
         raise ChatInputError("Video decoding needs PyAV (pip install av), which is not installed here.") from None
     return video
+
+
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\\/\s'\"<>|:]+)+[\\/]?|~[\\/][^\s'\"]*")
+
+
+def public_text(text: str, path: str | os.PathLike | None = None) -> str:
+    """``text`` fit for the page: ``path`` becomes its file name, any other absolute path or home-relative
+    path becomes "(a server path)", and Python exception class names (``…Error:``) are dropped."""
+    if path is not None:
+        text = text.replace(str(path), Path(path).name)
+    text = _PATH.sub(lambda m: m.group(0) if m.group(0).count("/") + m.group(0).count("\\") < 2
+                     else "(a server path)", text)
+    text = re.sub(r"\b[A-Z][A-Za-z]*(?:Error|Exception|Warning)\b:?\s*", "", text)
+    return text.strip() or "the file could not be read"
 
 
 def build_video_messages(turns: Sequence[tuple[str, str]], question: str) -> list[dict[str, Any]]:
@@ -322,15 +399,8 @@ class _Run:
         self.done = False
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
 def _to_device(inputs: Any, model: torch.nn.Module) -> dict[str, Any]:
-    device = _model_device(model)
+    device = module_device(model)
     dtype = next(model.parameters()).dtype
     out = {}
     for key, value in dict(inputs).items():
@@ -387,7 +457,7 @@ def stream_pair(
     if isinstance(image, DecodedVideo):
         check_video_model(model)
     tokenizer = getattr(processor, "tokenizer", processor)
-    device = _model_device(model)
+    device = module_device(model)
     eos = _eos_ids(model, processor)
     start = time.perf_counter()
     runs = {
@@ -489,25 +559,22 @@ def nominal_vision_tokens(model: torch.nn.Module, last_count: int | None = None)
 
 
 def _text_config(model: torch.nn.Module) -> Any:
-    return model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+    return model.config.get_text_config(decoder=True)
 
 
 def num_decoder_layers(model: torch.nn.Module) -> int:
-    return int(_text_config(model).num_hidden_layers)
+    return decoder_depth(model)
 
 
 def presets_for(model: torch.nn.Module, is_embedded: bool = False) -> list[tuple[str, str, str]]:
     """``[(name, schedule text, description)]``: the model's own presets first, then the paper's
     (those that do not fit the model's depth are kept but marked), then depth-scaled ones."""
     layers = num_decoder_layers(model)
-    model_type = getattr(model.config, "model_type", "")
-    own = []
     if is_embedded:
         own = [n for n in PRESETS if n.startswith("shapes-")]
-    elif model_type in ("qwen2_vl", "qwen2_5_vl"):
-        own = ["qwen2-vl-official"]
-    elif model_type == "llava" and layers == 32:
-        own = ["llava-1.5-192", "llava-1.5-128", "llava-1.5-64", "llava-1.5-official"]
+    else:
+        family = adapter_class(model)
+        own = list(family.own_presets(layers)) if family is not None else []
     out = [(n, PRESETS[n][0], PRESETS[n][1] + " (this model's)") for n in own]
     for name, (text, desc) in PRESETS.items():
         if name in own:
@@ -515,7 +582,10 @@ def presets_for(model: torch.nn.Module, is_embedded: bool = False) -> list[tuple
         fits = max(DropSchedule.parse(text).layers, default=0) < layers
         out.append((name, text, desc + ("" if fits else f" — does not fit this {layers}-layer model")))
     # the paper's layers 3/17/22 of 32, scaled to this depth, at a few budgets
-    scaled = sorted({max(1, round(layers * f)) for f in (3 / 32, 17 / 32, 22 / 32)})
+    try:
+        scaled = scale_layers(PAPER_LAYERS, layers)
+    except ValueError:  # too shallow for three distinct drop layers
+        return out
     for target in (0.5, 0.33, 0.15):
         try:
             sched = DropSchedule.for_budget(layers, scaled, target)
@@ -564,6 +634,32 @@ class LoadedModel:
     def num_layers(self) -> int:
         return num_decoder_layers(self.model)
 
+    def card(self, trust_remote_code: bool = False) -> "ModelCard":
+        from v2drop.video import default_num_frames
+        return ModelCard(self.model_id, self.label, self.model.config, self.is_embedded, self.trained, self.note,
+                         default_num_frames(self.model), trust_remote_code)
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What the page needs to know about a loaded model without holding its weights (its config,
+    label, default frame count): kept after the model is evicted, so that schedule and video
+    handlers never have to load it again. ``presets_for``, ``schedule_summary``,
+    ``supports_video`` and ``nominal_vision_tokens`` take a card where they take a model."""
+
+    model_id: str
+    label: str
+    config: Any
+    is_embedded: bool
+    trained: bool
+    note: str
+    default_frames: int
+    trust_remote_code: bool = False
+
+    @property
+    def num_layers(self) -> int:
+        return num_decoder_layers(self)
+
 
 def _pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -584,29 +680,37 @@ def _explain_load_error(model_id: str, err: BaseException) -> str:
                 "(offline mode), so it cannot be downloaded here.")
     if "repositorynotfound" in low or "is not a local folder and is not a valid model identifier" in low or \
             "not a valid model identifier" in low or "404" in low:
-        return f"{model_id!r} is not a known model id or local folder."
+        return f"{model_id!r} is not a known model."
     if "unrecognized configuration class" in low or "does not recognize this architecture" in low or \
             "model type" in low and "not" in low:
         return (f"{model_id!r} is not an image-text-to-text model that this app supports "
                 f"(supported families: {', '.join(supported_architectures())}).")
     if "trust_remote_code" in low:
-        return f"{model_id!r} needs custom code from its repository; tick 'trust remote code' to allow it."
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return f"{model_id!r} could not be loaded: {type(err).__name__}: {first[:300]}"
+        return f"{model_id!r} needs custom code from its repository, which this server does not run for it."
+    return f"{model_id!r} could not be loaded (see the server log for details)."
 
 
 class ModelRegistry:
     """Loaded models shared by all sessions, keyed by id. The embedded model is always loaded;
-    at most ``max_extra`` other models are kept (least recently used first out)."""
+    at most ``max_extra`` other models are kept (least recently used first out).
+
+    Every load goes through :meth:`load`, one at a time (``_load_lock``): a model that several
+    sessions need again after an eviction is loaded once, and the others find it in the cache.
+    ``policy`` (an object with ``allows(model_id, trust_remote_code) -> reason | None``, e.g.
+    :class:`studio.hosting.HostingPolicy`) is asked before anything is read from disk or the hub."""
 
     def __init__(self, max_extra: int = 1, device: str | None = None,
-                 embedded_dir: str | None = None) -> None:
+                 embedded_dir: str | None = None, policy: Any = None) -> None:
         self.max_extra = max_extra
         self.device = device or _pick_device()
         self.embedded_dir = embedded_dir
+        self.policy = policy
         self._lock = threading.RLock()
+        self._load_lock = threading.Lock()
         self._extra: "OrderedDict[str, LoadedModel]" = OrderedDict()
+        self._cards: "OrderedDict[str, ModelCard]" = OrderedDict()
         self._embedded: LoadedModel | None = None
+        self.loads = 0  # completed loads from disk or the hub (not cache hits), for tests and logs
 
     # embedded -------------------------------------------------------------------------------
     def _weights_path(self) -> Path:
@@ -631,9 +735,9 @@ class ModelRegistry:
         except (FileNotFoundError, OSError) as err:
             model = shapes.build_model().to(self.device).eval()
             processor = shapes.build_processor()
-            note = (f"The embedded model's trained weights are missing ({self._weights_path()}), so it runs "
-                    "UNTRAINED with random weights: answers are meaningless, but dropping, heatmaps and "
-                    f"timings work. ({type(err).__name__})")
+            log.warning("embedded weights missing (%s): %s", self._weights_path(), err)
+            note = ("The embedded model's trained weights are missing, so it runs UNTRAINED with random "
+                    "weights: answers are meaningless, but dropping, heatmaps and timings work.")
             return LoadedModel(EMBEDDED_ID, model, processor, label + " — UNTRAINED (weights missing)",
                                trained=False, is_embedded=True, note=note)
 
@@ -652,6 +756,23 @@ class ModelRegistry:
         with self._lock:
             return [EMBEDDED_ID, *self._extra]
 
+    def card(self, model_id: str | None) -> ModelCard:
+        """The :class:`ModelCard` of a model loaded at least once (``KeyError`` otherwise); never loads."""
+        if not model_id or model_id == EMBEDDED_ID:
+            return self.embedded().card()
+        with self._lock:
+            return self._cards[model_id]
+
+    def ensure(self, model_id: str | None) -> LoadedModel:
+        """The model, loaded again (once, with the trust it was loaded with) if another session's load
+        evicted it. Raises :class:`ModelLoadError` with a message for the page if that fails."""
+        try:
+            return self.get(model_id)
+        except KeyError:
+            with self._lock:
+                card = self._cards.get(model_id)
+            return self.load(model_id, trust_remote_code=bool(card and card.trust_remote_code))
+
     def load(self, model_id: str, trust_remote_code: bool = False,
              progress: Callable[[float, str], None] | None = None) -> LoadedModel:
         """Load ``model_id`` (hub id or local folder) or return it from the cache. Raises
@@ -661,10 +782,18 @@ class ModelRegistry:
             return self.embedded()
         if len(model_id) > 200 or any(c in model_id for c in "\n\r\t"):
             raise ModelLoadError("That does not look like a model id (expected 'owner/name' or a local folder).")
-        with self._lock:
-            if model_id in self._extra:
-                self._extra.move_to_end(model_id)
-                return self._extra[model_id]
+        reason = self.policy.allows(model_id, trust_remote_code) if self.policy is not None else None
+        if reason:
+            raise ModelLoadError(reason)
+        with self._load_lock:  # one load at a time; whoever waited finds the model in the cache
+            with self._lock:
+                if model_id in self._extra:
+                    self._extra.move_to_end(model_id)
+                    return self._extra[model_id]
+            return self._load_new(model_id, trust_remote_code, progress)
+
+    def _load_new(self, model_id: str, trust_remote_code: bool,
+                  progress: Callable[[float, str], None] | None) -> LoadedModel:
         from v2drop.adapters import get_adapter
         from v2drop.loading import load_model
 
@@ -679,13 +808,16 @@ class ModelRegistry:
             report(0.85, "Checking that V²Drop can patch it…")
             get_adapter(model)
             getattr(processor, "apply_chat_template")
-        except BaseException as err:  # noqa: BLE001 - every failure becomes a message
-            if isinstance(err, (KeyboardInterrupt, SystemExit)):
-                raise
+        except Exception as err:  # noqa: BLE001 - every failure becomes a message; cancellation passes
+            log.warning("loading %r failed: %s: %s", model_id, type(err).__name__, err)
             gc.collect()
             raise ModelLoadError(_explain_load_error(model_id, err)) from err
         entry = LoadedModel(model_id, model, processor, model_id)
         with self._lock:
+            self.loads += 1
+            self._cards[model_id] = entry.card(trust_remote_code)
+            while len(self._cards) > 64:  # cards are small, but typed ids are unbounded
+                self._cards.popitem(last=False)
             self._extra[model_id] = entry
             while len(self._extra) > self.max_extra:
                 self._extra.popitem(last=False)

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from v2drop import DropSchedule, bench
+from benchmarks import bench
+from v2drop import DropSchedule
 
 
 def test_matched_schedules_share_the_budget():

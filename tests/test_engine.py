@@ -120,18 +120,36 @@ def test_kept_tokens_keep_original_positions(tiny, family):
 
 
 def test_qwen_uses_3d_mrope_positions(tiny):
-    """Qwen2-VL's vision tokens share temporal ids and differ in height/width ids: the dropped
-    model must see exactly the 3-D rotary phases of the tokens it kept."""
+    """Qwen2-VL's vision tokens share temporal ids and differ in height/width ids: under v2drop, a
+    layer after both drops must see exactly the 3-D rotary phases of the tokens it kept, which a
+    1-D reading of the same positions would not give."""
     model, processor = tiny("qwen2_vl", "sdpa")
     inputs = batch(processor)
     assert "mm_token_type_ids" in inputs
     position_ids, _ = model.model.get_rope_index(
         inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
-        image_grid_thw=inputs["image_grid_thw"], attention_mask=inputs["attention_mask"])
-    sample_pos = position_ids[:, 0]
-    vision = torch.tensor(v2drop.get_adapter(model).vision_token_ids())
-    vis_idx = torch.isin(inputs["input_ids"][0], vision).nonzero().flatten()
-    assert len(set(sample_pos[1, vis_idx].tolist())) > 1, "height ids must vary over the image"
+        image_grid_thw=inputs["image_grid_thw"], attention_mask=inputs["attention_mask"])  # (3, B, L)
+    probe_layer, seen = 5, {}
+
+    def grab(module, args, kwargs):
+        seen["cos"] = kwargs["position_embeddings"][0].detach().clone()  # (B, n, head_dim)
+
+    layer = model.model.language_model.layers[probe_layer]
+    rotary = model.model.language_model.rotary_emb
+    with v2drop.apply(model, SCHEDULE) as run, torch.no_grad():
+        handle = layer.register_forward_pre_hook(grab, with_kwargs=True)  # runs after the engine's hook
+        model(**inputs)
+        handle.remove()
+    seq_len = inputs["input_ids"].shape[1]
+    for b, sample in enumerate(run.trace.samples):
+        kept = kept_positions(sample, probe_layer, seq_len)
+        ids = position_ids[:, b:b + 1, kept]                               # (3, 1, n)
+        assert len(set(ids[1].flatten().tolist())) > 1, "height ids must vary over the kept tokens"
+        expected, _ = rotary(seen["cos"], ids)
+        assert seen["cos"].shape[1] == len(kept)
+        assert torch.equal(seen["cos"][b], expected[0]), f"sample {b}"
+        one_d, _ = rotary(seen["cos"], ids[:1])                           # the temporal id on every axis
+        assert not torch.equal(seen["cos"][b], one_d[0])
 
 
 def test_text_only_prompt_drops_nothing(tiny):

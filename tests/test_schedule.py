@@ -1,6 +1,7 @@
 import pytest
 
 from v2drop import PRESETS, DropSchedule, prefill_flops
+from v2drop.schedule import PAPER_LAYERS, scale_layers
 
 
 @pytest.mark.parametrize("text", ["3:0.5,17:0.3,22:0", "1:1", "2:0.25,4:0.4,6:0.25", "none"])
@@ -86,3 +87,14 @@ def test_closest_to_budget_moves_the_first_layer_then_clamps():
     assert abs(sched.average_kept(8, 256) / 256 - (1 / 8 + 0.01)) < 0.01
     sched, note = DropSchedule.closest_to_budget(8, (4, 6), 0.3, num_vision_tokens=256)
     assert sched.layers[0] < 4 and "cannot reach" in note
+
+
+def test_scale_layers_rounds_halves_up_and_keeps_layers_distinct():
+    assert scale_layers(PAPER_LAYERS, 32) == (3, 17, 22)
+    assert scale_layers(PAPER_LAYERS, 24) == (2, 13, 17)      # 16.5 -> 17 (the app once said 16)
+    assert scale_layers(PAPER_LAYERS, 28) == (3, 15, 19)
+    assert scale_layers((1, 2, 3), 4, reference_layers=8) == (1, 2, 3)  # 0.5 and 1 collide: moved up
+    with pytest.raises(ValueError, match="do not fit"):
+        scale_layers(PAPER_LAYERS, 2)
+    scaled = DropSchedule.preset("llava-1.5-192").scaled_to(24)
+    assert scaled.layers == (2, 13, 17) and [r for _, r in scaled.stages] == [0.5, 0.3, 0.0]

@@ -14,7 +14,7 @@ from PIL import Image
 
 import tiny_models as tm
 import v2drop
-from v2drop.video import (CPU_NUM_FRAMES, VIDEO_FRAME_DEFAULTS, DecodedVideo, VideoLimits, default_num_frames,
+from v2drop.video import (CPU_NUM_FRAMES, DecodedVideo, VideoLimits, default_num_frames,
                           load_video, sample_indices, write_video)
 from v2drop.video_inputs import (frames_per_layout_frame, layout_frame_to_video_frames, prepare_video,
                                  supports_video, video_inputs)
@@ -82,7 +82,7 @@ def test_sample_indices_short_and_edge_cases():
 
 def test_default_num_frames():
     assert default_num_frames("qwen2_vl") == CPU_NUM_FRAMES            # no device: CPU
-    assert default_num_frames("llava_onevision", device="cuda:0") == VIDEO_FRAME_DEFAULTS["llava_onevision"]
+    assert default_num_frames("llava_onevision", device="cuda:0") == 32  # the family's own default
     assert default_num_frames("qwen2_5_vl", device="cuda") == 16
 
 

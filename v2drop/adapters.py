@@ -1,21 +1,25 @@
-"""Model-family adapters: where the decoder layers are, which token ids are vision tokens, and
-how each vision token maps back onto the image (for overlays).
+"""Model-family adapters: where the decoder layers are, which token ids are vision tokens, how
+each vision token maps back onto the image (for overlays), whether the family takes video, and
+which drop schedules it ships with.
 
-Everything family-specific lives here, so the engine itself has no ``if model_type == ...``.
+Everything family-specific lives here, so no other module asks ``if model_type == ...``: the
+family of a model, a config or a ``model_type`` string is :func:`adapter_class`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import nn
 
+from .schedule import PAPER_DEPTH
 from .trace import PatchLayout
 
-__all__ = ["ModelAdapter", "get_adapter", "supported_architectures", "UnsupportedModelError"]
+__all__ = ["ModelAdapter", "get_adapter", "adapter_class", "decoder_depth", "supported_architectures",
+           "UnsupportedModelError"]
 
 
 class UnsupportedModelError(ValueError):
@@ -27,7 +31,32 @@ class ModelAdapter:
     """Base adapter: a LLaVA-style model ``<top>.model.language_model.layers``."""
 
     model: nn.Module
-    model_types: Sequence[str] = ()
+
+    #: whether the family's processor and model take video input
+    takes_video: ClassVar[bool] = False
+    #: frames sampled from a video on a GPU (the families' own defaults)
+    video_frames: ClassVar[int] = 16
+
+    # ------------------------------------------------------------------ family facts
+    @classmethod
+    def supports_video(cls, config: Any = None) -> bool:
+        """Whether the family takes video; with a ``config``, also whether it names a video token."""
+        if not cls.takes_video:
+            return False
+        if config is None:
+            return True
+        video_id = getattr(config, "video_token_id", None)
+        return isinstance(video_id, int) and video_id >= 0
+
+    @classmethod
+    def frames_per_layout_frame(cls, config: Any = None) -> int:
+        """How many sampled video frames one ``frame`` of a :class:`PatchLayout` covers."""
+        return 1
+
+    @classmethod
+    def own_presets(cls, num_layers: int) -> tuple[str, ...]:
+        """Names of the :data:`~v2drop.schedule.PRESETS` made for this family at this depth."""
+        return ()
 
     # ------------------------------------------------------------------ structure
     @property
@@ -36,7 +65,7 @@ class ModelAdapter:
 
     @property
     def text_config(self) -> Any:
-        return getattr(self.config, "text_config", self.config)
+        return _text_config(self.config)
 
     def language_model(self) -> nn.Module:
         inner = getattr(self.model, "model", self.model)
@@ -83,6 +112,13 @@ class ModelAdapter:
 class LlavaAdapter(ModelAdapter):
     """LLaVA-1.5 (and the embedded shapes model): one square grid of patches per image."""
 
+    @classmethod
+    def own_presets(cls, num_layers: int) -> tuple[str, ...]:
+        """The paper's LLaVA-1.5-7B schedules, for a model of its depth."""
+        if num_layers != PAPER_DEPTH:
+            return ()
+        return ("llava-1.5-192", "llava-1.5-128", "llava-1.5-64", "llava-1.5-official")
+
 
 class LlavaNextAdapter(ModelAdapter):
     """LLaVA-NeXT / LLaVA-OneVision: a base-image grid, then the high-resolution crops stitched
@@ -92,7 +128,7 @@ class LlavaNextAdapter(ModelAdapter):
     def layout(self, input_ids: torch.Tensor, sample: int, model_inputs: dict[str, Any]) -> PatchLayout | None:
         side = self._base_side()
         video_id = getattr(self.config, "video_token_id", None)
-        runs = _vision_runs(input_ids[sample], self.vision_token_ids(), with_ids=True)
+        runs = _vision_runs(input_ids[sample], self.vision_token_ids())
         sizes = model_inputs.get("image_sizes")
         image_counter = _images_before(input_ids, sample, self.config.image_token_id)
         cells: list[tuple[int, int, int]] = []
@@ -137,9 +173,28 @@ class LlavaNextAdapter(ModelAdapter):
         return [(int(h) // size * side, int(w) // size * side) for h, w in pinpoints]
 
 
+class LlavaOnevisionAdapter(LlavaNextAdapter):
+    """LLaVA-OneVision: LLaVA-NeXT's anyres layout, and video (pooled frames)."""
+
+    takes_video = True
+    video_frames = 32
+
+
 class Qwen2VLAdapter(ModelAdapter):
     """Qwen2-VL / Qwen2.5-VL: dynamic resolution; each image (or video) has a ``(t, h, w)`` patch
     grid and every ``merge × merge`` block of patches becomes one token."""
+
+    takes_video = True
+
+    @classmethod
+    def frames_per_layout_frame(cls, config: Any = None) -> int:
+        """Each pair of frames is one temporal slice (``temporal_patch_size``, 2)."""
+        vision = getattr(config, "vision_config", None)
+        return int(getattr(vision, "temporal_patch_size", 2) or 2)
+
+    @classmethod
+    def own_presets(cls, num_layers: int) -> tuple[str, ...]:
+        return ("qwen2-vl-official",)
 
     def layout(self, input_ids: torch.Tensor, sample: int, model_inputs: dict[str, Any]) -> PatchLayout | None:
         merge = int(getattr(self.config.vision_config, "spatial_merge_size", 2))
@@ -150,7 +205,7 @@ class Qwen2VLAdapter(ModelAdapter):
         }
         counters = {image_id: _images_before(input_ids, sample, image_id),
                     video_id: _images_before(input_ids, sample, video_id)}
-        runs = _vision_runs(input_ids[sample], [image_id, video_id], with_ids=True)
+        runs = _vision_runs(input_ids[sample], [image_id, video_id])
         if any(counters[t] + sum(1 for tt, _ in runs if tt == t) > len(grids_by_kind[t]) for t in counters):
             # generate() in transformers 5.x encodes the pixels before the first forward and drops
             # the grids from the model's kwargs; the 3-D M-RoPE position ids still describe them
@@ -207,7 +262,7 @@ class Qwen2VLAdapter(ModelAdapter):
 _ADAPTERS: dict[str, type[ModelAdapter]] = {
     "llava": LlavaAdapter,
     "llava_next": LlavaNextAdapter,
-    "llava_onevision": LlavaNextAdapter,
+    "llava_onevision": LlavaOnevisionAdapter,
     "qwen2_vl": Qwen2VLAdapter,
     "qwen2_5_vl": Qwen2VLAdapter,
 }
@@ -215,6 +270,19 @@ _ADAPTERS: dict[str, type[ModelAdapter]] = {
 
 def supported_architectures() -> list[str]:
     return list(_ADAPTERS)
+
+
+def adapter_class(model: Any) -> type[ModelAdapter] | None:
+    """The adapter class of a model, a config or a ``model_type`` string; None if unsupported."""
+    if isinstance(model, str):
+        return _ADAPTERS.get(model)
+    config = getattr(model, "config", model)
+    return _ADAPTERS.get(getattr(config, "model_type", None))
+
+
+def decoder_depth(model: Any) -> int:
+    """Number of decoder layers of a model or its config (read from the text config)."""
+    return int(_text_config(getattr(model, "config", model)).num_hidden_layers)
 
 
 def get_adapter(model: nn.Module) -> ModelAdapter:
@@ -231,7 +299,14 @@ def get_adapter(model: nn.Module) -> ModelAdapter:
 
 
 # ---------------------------------------------------------------------- helpers
-def _vision_runs(ids: torch.Tensor, vision_ids: Sequence[int], with_ids: bool = False) -> list:
+def _text_config(config: Any) -> Any:
+    """The decoder's config (the top-level one for text-only configs)."""
+    if hasattr(config, "get_text_config"):
+        return config.get_text_config(decoder=True)
+    return getattr(config, "text_config", config)
+
+
+def _vision_runs(ids: torch.Tensor, vision_ids: Sequence[int]) -> list[tuple[int, int]]:
     """Contiguous runs of vision tokens in a 1-D id tensor: ``[(token_id, length), ...]``."""
     runs: list[list[int]] = []
     previous = None
@@ -250,7 +325,7 @@ def _images_before(input_ids: torch.Tensor, sample: int, token_id: int | None) -
     come flattened over the batch."""
     if token_id is None:
         return 0
-    return sum(1 for s in range(sample) for t, _ in _vision_runs(input_ids[s], [token_id], True) if t == token_id)
+    return sum(1 for s in range(sample) for t, _ in _vision_runs(input_ids[s], [token_id]) if t == token_id)
 
 
 def _as_rows(grid: Any) -> list[tuple[int, int, int]]:

@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from . import compat
-from .memory import memory_now
 from .adapters import ModelAdapter, get_adapter
+from .memory import memory_now, module_device
 from .schedule import DropSchedule
 from .scoring import ScoreContext, ScoringRule, get_method, variation
 from .trace import SampleTrace, Trace
@@ -167,7 +167,7 @@ class DropSession:
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         cache = compat.cache_from_kwargs(kwargs)
         past = compat.past_length(cache)
-        device = _first_param_device(module)
+        device = module_device(module)
         self._is_cuda = device.type == "cuda"
         if past == 0 and not self._continues_without_cache(input_ids):
             self._start_sequence(input_ids, kwargs)
@@ -247,7 +247,7 @@ class DropSession:
             layer_kwargs = self._fit_kwargs(idx, kwargs, fwd, seq)
 
         if fwd.may_drop and idx in self.ratios:
-            hidden = self._drop(idx, hidden, kwargs, layer_kwargs, fwd)
+            hidden = self._drop(idx, hidden, layer_kwargs, fwd)
             layer_kwargs = self._fit_kwargs(idx, kwargs, fwd, seq)
         elif fwd.may_drop and self.trace_all_layers and fwd.previous_hidden is not None:
             self._record_variation(idx, hidden, fwd)
@@ -279,7 +279,7 @@ class DropSession:
         )
 
     # ------------------------------------------------------------------ dropping
-    def _drop(self, idx: int, hidden: torch.Tensor, kwargs: dict, layer_kwargs: dict, fwd: _Forward) -> torch.Tensor:
+    def _drop(self, idx: int, hidden: torch.Tensor, layer_kwargs: dict, fwd: _Forward) -> torch.Tensor:
         is_vision = fwd.ordinal >= 0                                   # (B, L)
         counts = is_vision.sum(1)
         if not bool((counts == counts[0]).all()):
@@ -462,8 +462,3 @@ def _synchronize(is_cuda: bool) -> None:
         torch.cuda.synchronize()
 
 
-def _first_param_device(module: nn.Module) -> torch.device:
-    try:
-        return next(module.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")

@@ -1,4 +1,5 @@
-"""Memory readings shared by the engine's trace, the app's chat runs and the benchmark."""
+"""Where a model lives and how much memory it uses: the one device helper and the memory readings
+shared by the engine's trace, the app's chat runs and the benchmarks."""
 
 from __future__ import annotations
 
@@ -6,7 +7,15 @@ import os
 
 import torch
 
-__all__ = ["process_rss", "memory_now"]
+__all__ = ["module_device", "process_rss", "memory_now"]
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of ``module``'s first parameter (CPU for a module without parameters)."""
+    try:
+        return next(module.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
 
 
 def process_rss() -> int | None:

@@ -16,7 +16,27 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-__all__ = ["DropSchedule", "PRESETS", "prefill_flops"]
+__all__ = ["DropSchedule", "PRESETS", "PAPER_DEPTH", "PAPER_LAYERS", "prefill_flops", "scale_layers"]
+
+#: the paper's LLaVA-1.5-7B decoder depth and its V²Drop drop layers
+PAPER_DEPTH = 32
+PAPER_LAYERS = (3, 17, 22)
+
+
+def scale_layers(layers: Sequence[int], num_layers: int, reference_layers: int = PAPER_DEPTH) -> tuple[int, ...]:
+    """Move drop layers chosen for a ``reference_layers``-deep model to the same relative depth of
+    a ``num_layers``-deep one: ``round(layer * num_layers / reference_layers)`` (halves up), kept in
+    ``1 .. num_layers - 1`` and distinct (a collision moves to the next free layer). E.g. the paper's
+    ``3, 17, 22`` of 32 become ``2, 13, 17`` of 24 and ``3, 15, 19`` of 28."""
+    scaled: list[int] = []
+    for layer in layers:
+        new = min(num_layers - 1, max(1, math.floor(layer * num_layers / reference_layers + 0.5)))
+        while new in scaled and new < num_layers - 1:
+            new += 1
+        if new in scaled:
+            raise ValueError(f"{len(layers)} drop layers do not fit a {num_layers}-layer model")
+        scaled.append(new)
+    return tuple(scaled)
 
 
 @dataclass(frozen=True)
@@ -156,8 +176,11 @@ class DropSchedule:
     def layers(self) -> tuple[int, ...]:
         return tuple(layer for layer, _ in self.stages)
 
-    def ratio_at(self, layer: int) -> float | None:
-        return dict(self.stages).get(layer)
+    def scaled_to(self, num_layers: int, reference_layers: int = PAPER_DEPTH) -> "DropSchedule":
+        """The same ratios with each drop layer moved to the same relative depth of a model with
+        ``num_layers`` decoder layers (see :func:`scale_layers`)."""
+        layers = scale_layers(self.layers, num_layers, reference_layers)
+        return DropSchedule(zip(layers, (ratio for _, ratio in self.stages)))
 
     def validate(self, num_layers: int, allow_layer_zero: bool = False) -> "DropSchedule":
         """Check the schedule against a model with ``num_layers`` decoder layers; return self."""

@@ -96,11 +96,9 @@ def available_methods() -> list[str]:
 
 
 def _load_builtin_baselines() -> None:
-    """Import the baseline rules lazily so that this module has no dependency on them."""
-    try:
-        from . import baselines  # noqa: F401  (registers on import)
-    except ImportError:
-        pass
+    """Import the baseline rules on first use: they register themselves on import, and they import
+    this module, so importing them at the top would be circular. A failing import is an error."""
+    from . import baselines  # noqa: F401  (registers on import)
 
 
 # ----------------------------------------------------------------------------- V²Drop

@@ -29,15 +29,13 @@ from PIL import Image, ImageDraw
 
 __all__ = [
     "VideoLimits", "DecodedVideo", "load_video", "sample_indices", "default_num_frames",
-    "SUPPORTED_EXTENSIONS", "VIDEO_FRAME_DEFAULTS", "CPU_NUM_FRAMES", "write_video", "make_examples",
+    "SUPPORTED_EXTENSIONS", "CPU_NUM_FRAMES", "write_video", "make_examples",
 ]
 
 VideoSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO]
 
 SUPPORTED_EXTENSIONS = (".mp4", ".webm", ".mov", ".gif", ".mkv", ".avi", ".m4v")
 
-#: frames sampled per video by default, per model family, on a GPU (hub-sized models)
-VIDEO_FRAME_DEFAULTS = {"llava_onevision": 32, "qwen2_vl": 16, "qwen2_5_vl": 16}
 #: frames sampled by default on CPU (keeps the prompt short enough for an interactive run)
 CPU_NUM_FRAMES = 8
 
@@ -97,16 +95,17 @@ def sample_indices(total: int, num_frames: int) -> list[int]:
 
 def default_num_frames(model: Any = None, device: Any = None) -> int:
     """Frames to sample for ``model`` (a loaded model, its config, or a ``model_type`` string):
-    :data:`CPU_NUM_FRAMES` on CPU, else the family's entry of :data:`VIDEO_FRAME_DEFAULTS`."""
+    :data:`CPU_NUM_FRAMES` on CPU, else the family's own default (its adapter's ``video_frames``)."""
     if device is None and model is not None and hasattr(model, "parameters"):
-        try:
-            device = next(model.parameters()).device
-        except StopIteration:
-            device = None
+        from .memory import module_device  # here: it imports torch, which decoding does not need
+
+        device = module_device(model)
     if device is None or str(device).split(":")[0] == "cpu":
         return CPU_NUM_FRAMES
-    model_type = model if isinstance(model, str) else getattr(getattr(model, "config", model), "model_type", None)
-    return VIDEO_FRAME_DEFAULTS.get(model_type, 16)
+    from .adapters import adapter_class  # here: the adapters import torch, the decoder does not need it
+
+    family = adapter_class(model) if model is not None else None
+    return family.video_frames if family is not None else 16
 
 
 # ---------------------------------------------------------------------- decoding

@@ -35,49 +35,37 @@ import numpy as np
 from PIL import Image
 from transformers import BatchFeature
 
+from .adapters import adapter_class, supported_architectures
 from .loading import has_video_processor
 from .video import DecodedVideo, VideoLimits, default_num_frames, load_video
 
-__all__ = ["supports_video", "video_inputs", "prepare_video", "VIDEO_MODEL_TYPES", "frames_per_layout_frame",
+__all__ = ["supports_video", "video_inputs", "prepare_video", "video_model_types", "frames_per_layout_frame",
            "layout_frame_to_video_frames"]
-
-VIDEO_MODEL_TYPES = ("llava_onevision", "qwen2_vl", "qwen2_5_vl")
-_QWEN = ("qwen2_vl", "qwen2_5_vl")
 
 Frames = Union[DecodedVideo, Sequence[Image.Image], np.ndarray]
 Prompt = Union[str, list]
 
 
-def _model_type(model_or_config: Any) -> str | None:
-    if isinstance(model_or_config, str):
-        return model_or_config
-    config = getattr(model_or_config, "config", model_or_config)
-    return getattr(config, "model_type", None)
-
-
 def supports_video(model: Any) -> bool:
     """Whether ``model`` (a model, its config, or a ``model_type``) takes video input:
     LLaVA-OneVision, Qwen2-VL and Qwen2.5-VL do; LLaVA-1.5, LLaVA-NeXT and the shapes model don't."""
-    model_type = _model_type(model)
-    if model_type not in VIDEO_MODEL_TYPES:
-        return False
-    config = getattr(model, "config", model)
-    if isinstance(model, str):
-        return True
-    video_id = getattr(config, "video_token_id", None)
-    return isinstance(video_id, int) and video_id >= 0
+    family = adapter_class(model)
+    config = None if isinstance(model, str) else getattr(model, "config", model)
+    return family is not None and family.supports_video(config)
+
+
+def video_model_types() -> list[str]:
+    """The ``model_type`` of every supported family that takes video."""
+    return [name for name in supported_architectures() if adapter_class(name).takes_video]
 
 
 def frames_per_layout_frame(model: Any) -> int:
     """How many sampled video frames one ``frame`` of the trace's :class:`PatchLayout` covers:
     Qwen merges each pair of frames into one temporal slice (``temporal_patch_size``, 2); OneVision
     has one token grid per frame."""
-    model_type = _model_type(model)
-    if model_type in _QWEN:
-        config = getattr(model, "config", model)
-        vision = getattr(config, "vision_config", None)
-        return int(getattr(vision, "temporal_patch_size", 2) or 2)
-    return 1
+    family = adapter_class(model)
+    config = None if isinstance(model, str) else getattr(model, "config", model)
+    return family.frames_per_layout_frame(config) if family is not None else 1
 
 
 def layout_frame_to_video_frames(model: Any, layout_frame: int, num_frames: int) -> list[int]:
@@ -139,8 +127,9 @@ def prepare_video(
     model and its device) and build the inputs: ``(inputs, video)``. ``ValueError`` if the model
     takes no video or the file is unusable."""
     if not supports_video(model):
-        raise ValueError(f"{type(model).__name__} ({_model_type(model)}) does not take video input; "
-                         f"video models: {', '.join(VIDEO_MODEL_TYPES)}")
+        model_type = getattr(getattr(model, "config", model), "model_type", None)
+        raise ValueError(f"{type(model).__name__} ({model_type}) does not take video input; "
+                         f"video models: {', '.join(video_model_types())}")
     if num_frames is None:
         num_frames = default_num_frames(model)
     video = load_video(source, num_frames=num_frames, limits=limits, max_side=max_side)
