@@ -20,7 +20,7 @@ def classify(img: Image.Image) -> dict[str, int]:
     """Pixels of a white-image overlay by nearest colour: clear, red (dropped now), dim (dropped before)."""
     arr = np.asarray(img.convert("RGB"), dtype=np.float32)
     refs = {"clear": WHITE, "red": _expected_colour(overlay.DROPPED_NOW_RGB, overlay.RED_ALPHA),
-            "dim": _expected_colour(overlay.DROPPED_RGB, overlay.DIM_ALPHA)}
+            "dim": _expected_colour(overlay.DEAD_RGB, overlay.DIM_ALPHA)}
     names = list(refs)
     dist = np.stack([np.abs(arr - np.array(refs[n], dtype=np.float32)).sum(-1) for n in names])
     nearest = dist.argmin(0)

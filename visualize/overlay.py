@@ -28,12 +28,11 @@ from PIL import Image, ImageDraw
 from v2drop.trace import PatchLayout, SampleTrace
 
 __all__ = ["kept_overlay", "variation_heatmap", "dropped_overlay", "patch_boxes", "layer_status",
-           "colormap", "DROPPED_RGB", "DROPPED_NOW_RGB", "DEAD_RGB", "PANEL_SIZE",
+           "colormap", "DROPPED_NOW_RGB", "DEAD_RGB", "PANEL_SIZE",
            "frame_strip", "strip_tiles", "frame_labels", "contact_sheet", "TILE_SIZE"]
 
 PANEL_SIZE = 384                 # longer side of one panel, in pixels
 DEAD_RGB = (40, 40, 48)          # colour mixed into tokens no longer alive
-DROPPED_RGB = DEAD_RGB
 DROPPED_NOW_RGB = (230, 30, 30)  # tokens dropped at the shown drop layer
 DIM_ALPHA = 0.78                 # how strongly dead patches are dimmed
 RED_ALPHA = 0.62
@@ -108,9 +107,14 @@ def _render(image: Image.Image, sample: SampleTrace, region, size: int,
     """Paint every patch: ``colour_of(ordinal) -> (rgb, alpha) or None``; one panel per frame."""
     layout = _layout(sample)
     base = _panel_base(image, region, size)
-    panels = []
-    boxes = patch_boxes(layout, base.size)
-    arrays = [np.asarray(base, dtype=np.float32).copy() for _ in layout.grids]
+    return _compose(_paint_panels([base] * len(layout.grids), layout, colour_of), layout)
+
+
+def _paint_panels(bases: list[Image.Image], layout: PatchLayout, colour_of) -> list[Image.Image]:
+    """One panel per layout frame: ``bases[frame]`` (all of one size) with each of the frame's
+    patches blended with ``colour_of(ordinal) -> (rgb, alpha) or None``, and its grid lines."""
+    boxes = patch_boxes(layout, bases[0].size)
+    arrays = [np.asarray(base, dtype=np.float32).copy() for base in bases]   # (H, W, 3) each
     for ordinal, (frame, x0, y0, x1, y1) in boxes.items():
         paint = colour_of(ordinal)
         if paint is None:
@@ -118,11 +122,12 @@ def _render(image: Image.Image, sample: SampleTrace, region, size: int,
         rgb, alpha = paint
         cell = arrays[frame][y0:y1, x0:x1]
         cell[:] = cell * (1 - alpha) + np.asarray(rgb, dtype=np.float32) * alpha
+    panels = []
     for frame, arr in enumerate(arrays):
         panel = Image.fromarray(arr.clip(0, 255).astype(np.uint8))
         _grid_lines(panel, layout.grids[frame])
         panels.append(panel)
-    return _compose(panels, layout)
+    return panels
 
 
 def _grid_lines(panel: Image.Image, grid: tuple[int, int]) -> None:
@@ -162,7 +167,7 @@ def _kept_colours(sample: SampleTrace, layer: int):
             return None
         if i in dropped_now:
             return DROPPED_NOW_RGB, RED_ALPHA
-        return DROPPED_RGB, DIM_ALPHA
+        return DEAD_RGB, DIM_ALPHA
 
     return colour
 
@@ -251,26 +256,11 @@ def strip_tiles(frames: Sequence[Image.Image], sample: SampleTrace, layer: int, 
         raise ValueError(f"mode must be 'kept', 'dropped' or 'variation', got {mode!r}")
     layout = _layout(sample)
     step = max(1, int(step))
-    by_frame: dict[int, list[int]] = {}
-    tiles = []
     bases = [_panel_base(frames[min(f * step, len(frames) - 1)], None, size) for f in range(len(layout.grids))]
-    boxes = patch_boxes(layout, bases[0].size) if bases else {}
-    for ordinal, (frame, *_box) in boxes.items():
-        by_frame.setdefault(frame, []).append(ordinal)
-    for f, base in enumerate(bases):
-        arr = np.asarray(base.resize(bases[0].size) if base.size != bases[0].size else base, dtype=np.float32).copy()
-        for ordinal in by_frame.get(f, []):
-            paint = colour_of(ordinal)
-            if paint is None:
-                continue
-            rgb, a = paint
-            _, x0, y0, x1, y1 = boxes[ordinal]
-            cell = arr[y0:y1, x0:x1]
-            cell[:] = cell * (1 - a) + np.asarray(rgb, dtype=np.float32) * a
-        tile = Image.fromarray(arr.clip(0, 255).astype(np.uint8))
-        _grid_lines(tile, layout.grids[f])
-        tiles.append(tile)
-    return tiles
+    if not bases:
+        return []
+    bases = [base.resize(bases[0].size) if base.size != bases[0].size else base for base in bases]
+    return _paint_panels(bases, layout, colour_of)
 
 
 def frame_strip(frames: Sequence[Image.Image], sample: SampleTrace, layer: int, mode: str = "kept",
