@@ -107,7 +107,7 @@ def test_benchmark_cli(tmp_path):
     import json
 
     scenes.main(["--benchmark", "--n", "4", "--out", str(tmp_path)])
-    recs = [json.loads(line) for line in open(tmp_path / "questions.jsonl")]
+    recs = [json.loads(line) for line in (tmp_path / "questions.jsonl").read_text().splitlines()]
     assert [r["question"] for r in recs] == [s.question for s in scenes.benchmark(4)]
     assert (tmp_path / "00000.png").exists()
 

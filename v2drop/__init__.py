@@ -18,4 +18,4 @@ __all__ = [
     "ScoreContext", "register_method", "get_method", "available_methods", "variation",
     "supported_architectures", "get_adapter", "UnsupportedModelError",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # keep equal to pyproject.toml (tests/test_packaging.py)
