@@ -393,3 +393,14 @@ def test_qwen_image_layout_under_generate(tiny, family):
     assert generated[0] is not None and generated == forward
     t, h, w = inputs["image_grid_thw"][0].tolist()
     assert generated[1].grids == [(h // 2, w // 2)] and generated[1].kinds == ["image"]
+
+
+def test_example_clips_are_reproduced_by_shapes_videos(tmp_path):
+    from shapes import videos
+
+    videos.main(["--out", str(tmp_path)])
+    assert (tmp_path / "examples.json").read_text() == (REPO / "assets" / "videos" / "examples.json").read_text()
+    for name in videos.EXAMPLES:
+        ours, shipped = load_video(tmp_path / name, num_frames=4), load_video(REPO / "assets" / "videos" / name, num_frames=4)
+        assert ours.total_frames == shipped.total_frames and ours.indices == shipped.indices
+        assert (ours.width, ours.height) == (shipped.width, shipped.height)
