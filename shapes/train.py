@@ -57,15 +57,19 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 import torch
+from torch.utils.hooks import RemovableHandle
 
 from . import scenes
 from .model import NUM_VISION_TOKENS, build_model, build_processor
 
 VAL_SEED = 55555  # small validation stream (neither the training nor the benchmark seed)
 VISION_SEED_OFFSET = 100_000  # stage-1 scenes come from stream data_seed + this
+DEFAULT_CKPT_DIR = os.path.join("ckpt", "shapes")  # relative to the working directory; $SHAPES_CKPT_DIR overrides
 GRID = 16  # 16x16 patches of 8 px
 PATCH = 8
 PATCH_CENTRES = np.arange(GRID) * PATCH + (PATCH - 1) / 2  # pixel centre of each patch row / column
@@ -541,19 +545,10 @@ def param_groups(params, weight_decay):
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description="Train the embedded Shapes LLaVA model.")
-    ap.add_argument("--out", default=None, help="output folder (default: assets/shapes-llava)")
-    ap.add_argument("--steps", type=int, default=1200)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--max-turns", type=int, default=10, help="question/answer turns per scene (1..N)")
-    ap.add_argument("--curriculum", type=float, default=0.5,
-                    help="share of steps over which the number of extra objects grows from 0 to uncapped")
-    ap.add_argument("--lr", type=float, default=1.5e-3)
-    ap.add_argument("--warmup", type=int, default=100)
-    ap.add_argument("--vision-steps", type=int, default=3000, help="stage-1 patch-supervision steps")
-    ap.add_argument("--vision-batch-size", type=int, default=32)
-    ap.add_argument("--vision-lr", type=float, default=2e-3)
+def add_supervision_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of the stage-2/3 training aids: attention losses, hop probe, patch loss.
+
+    Kept apart from ``build_arg_parser`` only so that each fits on a screen."""
     ap.add_argument("--aux-weight", type=float, default=0.5, help="patch loss weight in stage 2")
     ap.add_argument("--attn-weight", type=float, default=0.5,
                     help="weight of the two attention losses (0: off, sdpa attention in training)")
@@ -573,6 +568,24 @@ def main(argv=None):
     ap.add_argument("--count-head", type=int, default=0, help="head of --count-layer that is supervised")
     ap.add_argument("--retrieval-heads", default=None, type=lambda text: tuple(int(h) for h in text.split(",")),
                     help="comma list of the --attn-layer heads that learn retrieval (default: --attn-head)")
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m shapes.train``.  Built per call, so the environment
+    defaults (``SHAPES_CKPT_DIR``, ``SHAPES_THREADS``) are read when the command runs."""
+    ap = argparse.ArgumentParser(description="Train the embedded Shapes LLaVA model.")
+    ap.add_argument("--out", default=None, help="output folder (default: assets/shapes-llava)")
+    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-turns", type=int, default=10, help="question/answer turns per scene (1..N)")
+    ap.add_argument("--curriculum", type=float, default=0.5,
+                    help="share of steps over which the number of extra objects grows from 0 to uncapped")
+    ap.add_argument("--lr", type=float, default=1.5e-3)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--vision-steps", type=int, default=3000, help="stage-1 patch-supervision steps")
+    ap.add_argument("--vision-batch-size", type=int, default=32)
+    ap.add_argument("--vision-lr", type=float, default=2e-3)
+    add_supervision_arguments(ap)
     ap.add_argument("--pos-init", type=float, default=0.3,
                     help="scale of the 2-D sine-cosine init of the vision position table (0: random)")
     ap.add_argument("--focus-steps", type=int, default=0,
@@ -584,7 +597,9 @@ def main(argv=None):
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0, help="model init seed")
     ap.add_argument("--data-seed", type=int, default=scenes.TRAIN_SEED)
-    ap.add_argument("--ckpt-dir", default=os.environ.get("SHAPES_CKPT_DIR", "/work/ckpt/shapes"))
+    ap.add_argument("--ckpt-dir", default=os.environ.get("SHAPES_CKPT_DIR", DEFAULT_CKPT_DIR),
+                    help=f"checkpoint folder (default: $SHAPES_CKPT_DIR, else {DEFAULT_CKPT_DIR} "
+                         "under the working directory)")
     ap.add_argument("--ckpt-minutes", type=float, default=4.0)
     ap.add_argument("--resume", action="store_true", help="resume from --ckpt-dir (stage1.pt during stage 1, last.pt after)")
     ap.add_argument("--val-every", type=int, default=250)
@@ -592,154 +607,282 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--bench-steps", type=int, default=0,
                     help="only time this many steps (throughput measurement), save nothing")
-    args = ap.parse_args(argv)
+    return ap
 
-    from .model import DEFAULT_MODEL_DIR
 
-    out_dir = args.out or DEFAULT_MODEL_DIR
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line (``argv``; ``None``: ``sys.argv``)."""
+    return build_arg_parser().parse_args(argv)
+
+
+@dataclass
+class Training:
+    """What stages 2 and 3 carry from step to step, built once by ``build_training``.
+
+    ``captured`` is filled by ``hooks`` during each forward pass (projected patch features,
+    attention probabilities of the supervised layers, the two hop layers' outputs) and
+    emptied by ``step_loss``.  ``restore_attention`` is set only when eager attention was
+    installed in the supervised layers (``--attn-weight`` > 0); ``None`` otherwise, so the
+    hooks and the attention switch are undone independently (``remove_training_aids``)."""
+
+    model: torch.nn.Module
+    processor: Any
+    encoder: Encoder
+    aux: AuxHead
+    probe: HopProbe
+    optimizer: torch.optim.Optimizer
+    plural_ids: set[int]
+    captured: dict[str, Any] = field(default_factory=dict)
+    hooks: list[RemovableHandle] = field(default_factory=list)
+    restore_attention: Callable[[], None] | None = None
+
+    def remove_training_aids(self) -> None:
+        """Remove every capture hook, then put the model back on SDPA attention if it was
+        switched to eager, so the saved model is the stock LLaVA."""
+        for h in self.hooks:
+            h.remove()
+        self.hooks.clear()
+        if self.restore_attention is not None:
+            self.restore_attention()
+            self.restore_attention = None
+
+
+def build_training(args: argparse.Namespace, device: torch.device) -> Training:
+    """Seeded model, processor, token encoder, the two throw-away probes (``AuxHead``,
+    ``HopProbe``), the capture hooks and the AdamW optimiser over all of them.
+
+    The order is part of the recipe: the model is built from ``--seed``, then the torch
+    generator is reseeded with ``--seed + 1`` before the probes draw their initial weights."""
     processor = build_processor()
     tok = processor.tokenizer
-    enc = Encoder(tok)
     model = build_model(seed=args.seed, tokenizer=tok).to(device)
     model.train()
     torch.manual_seed(args.seed + 1)
     if args.pos_init > 0:
         init_position_embeddings(model, args.pos_init)
     aux = make_aux_head(model, tok).to(device)
-    captured = {}
-    hook = model.model.multi_modal_projector.register_forward_hook(
-        lambda mod, inp, out: captured.__setitem__("feats", out))
-    attn_hooks = []
-    layers = model.model.language_model.layers
-    supervised = {"previous": args.prev_layer, "attn": args.attn_layer, "read": args.read_layer}
-    if args.count_layer is not None:
-        supervised["count"] = args.count_layer
-    plural_ids = set(tok.convert_tokens_to_ids(list(scenes.PLURAL.values())))
-    if args.attn_weight > 0:  # eager attention returns the probabilities the attention losses need
-        restore_attention = eager_attention_only_in(model, set(supervised.values()))
-        for name, idx in supervised.items():
-            attn_hooks.append(layers[idx].self_attn.register_forward_hook(
-                lambda mod, inp, out, name=name: captured.__setitem__(name, out[1])))
-
     probe = HopProbe(model.config.text_config.hidden_size).to(device)
-    if args.probe_weight > 0:
-        for name, idx in (("word_states", args.attn_layer), ("answer_states", args.read_layer)):
-            attn_hooks.append(layers[idx].register_forward_hook(
-                lambda mod, inp, out, name=name: captured.__setitem__(name, out)))
     trained = list(model.parameters()) + list(aux.parameters()) + list(probe.parameters())
     opt = torch.optim.AdamW(param_groups(trained, args.weight_decay),
                             lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
-    start = 0
-    ckpt_path = os.path.join(args.ckpt_dir, "last.pt")
+    t = Training(model=model, processor=processor, encoder=Encoder(tok), aux=aux, probe=probe, optimizer=opt,
+                 plural_ids=set(tok.convert_tokens_to_ids(list(scenes.PLURAL.values()))))
+    t.hooks, t.restore_attention = install_supervision_hooks(model, args, t.captured)
+    return t
+
+
+def install_supervision_hooks(model: torch.nn.Module, args: argparse.Namespace, captured: dict[str, Any]
+                              ) -> tuple[list[RemovableHandle], Callable[[], None] | None]:
+    """Hooks that copy what the training aids read into ``captured`` on every forward pass:
+    the projector output (``feats``, for ``AuxHead``), with ``--attn-weight`` > 0 the attention
+    probabilities of the supervised layers (``previous``, ``attn``, ``read``, ``count``), and
+    with ``--probe-weight`` > 0 the outputs of ``--attn-layer`` / ``--read-layer``
+    (``word_states`` / ``answer_states``, for ``HopProbe``).
+
+    Returns (the hook handles, the function that undoes eager attention, or ``None`` when
+    eager attention was not installed: with ``--attn-weight 0`` the model stays on SDPA)."""
+    hooks = [model.model.multi_modal_projector.register_forward_hook(
+        lambda mod, inp, out: captured.__setitem__("feats", out))]
+    restore_attention = None
+    layers = model.model.language_model.layers
+    if args.attn_weight > 0:  # eager attention returns the probabilities the attention losses need
+        supervised = {"previous": args.prev_layer, "attn": args.attn_layer, "read": args.read_layer}
+        if args.count_layer is not None:
+            supervised["count"] = args.count_layer
+        restore_attention = eager_attention_only_in(model, set(supervised.values()))
+        for name, idx in supervised.items():
+            hooks.append(layers[idx].self_attn.register_forward_hook(
+                lambda mod, inp, out, name=name: captured.__setitem__(name, out[1])))
+    if args.probe_weight > 0:
+        for name, idx in (("word_states", args.attn_layer), ("answer_states", args.read_layer)):
+            hooks.append(layers[idx].register_forward_hook(
+                lambda mod, inp, out, name=name: captured.__setitem__(name, out)))
+    return hooks, restore_attention
+
+
+def resume_or_run_stage1(t: Training, args: argparse.Namespace, device: torch.device, ckpt_path: str) -> int:
+    """With ``--resume`` and a ``last.pt``, restore it (stage 1 is then done); otherwise run
+    stage 1 (unless ``--vision-steps 0`` or ``--bench-steps``).  Returns the first stage-2/3
+    step to run."""
     os.makedirs(args.ckpt_dir, exist_ok=True)
     if args.resume and os.path.exists(ckpt_path):
-        start = load_checkpoint(ckpt_path, model, aux, opt, "opt", "step", device, probe)
+        start = load_checkpoint(ckpt_path, t.model, t.aux, t.optimizer, "opt", "step", device, t.probe)
         print(f"resumed from {ckpt_path} at step {start}", flush=True)
-    elif args.vision_steps > 0 and not args.bench_steps:
-        run_stage1(model, aux, captured, args, device, ckpt_path, opt)
-    val = [scenes.sample(VAL_SEED, i) for i in range(128)]
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"params {n_params / 1e6:.2f}M, steps {args.steps}, batch {args.batch_size}, "
-          f"scenes {args.steps * args.batch_size}, device {device}, threads {args.threads}", flush=True)
+        return start
+    if args.vision_steps > 0 and not args.bench_steps:
+        run_stage1(t.model, t.aux, t.captured, args, device, ckpt_path, t.optimizer)
+    return 0
 
-    last_step = args.steps + args.focus_steps
+
+def stage_batch(step: int, args: argparse.Namespace) -> tuple[list[scenes.Sample], float, float]:
+    """(scenes, learning rate, attention-loss weight) of ``step``: stage 2 (the first
+    ``--steps``: all question types, warmup + cosine, curriculum on the number of objects)
+    or stage 3 (every primary question a ``--focus-qtype`` one, its own cosine schedule)."""
+    if step < args.steps:
+        lr = lr_at(step, args.steps, args.lr, args.warmup)
+        samples = train_samples(args.data_seed, step, args.batch_size, args.max_turns,
+                                curriculum_cap(step, args.steps, args.curriculum))
+        return samples, lr, args.attn_weight
+    lr = lr_at(step - args.steps, args.focus_steps, args.focus_lr, args.focus_steps // 10)
+    samples = focus_samples(args.data_seed, step, args.batch_size, args.max_turns, args.focus_qtype,
+                            args.focus_only)
+    attn_weight = args.attn_weight if args.focus_attn_weight is None else args.focus_attn_weight
+    return samples, lr, attn_weight
+
+
+def step_loss(t: Training, args: argparse.Namespace, samples: list[scenes.Sample], attn_weight: float,
+              device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+    """Forward pass on ``samples`` and the summed training loss: answer tokens, plus (each when
+    switched on and the batch names a shape) the attention losses times ``attn_weight``, the
+    count-retrieval loss, the hop-probe loss and the patch loss.  Returns (the loss, its
+    unweighted parts by name, in the order the log prints them)."""
+    batch, targets = make_batch(t.encoder, samples, args.max_turns, args.retrieve)
+    loss = t.model(**{k: v.to(device) for k, v in batch.items()}).loss
+    parts = {"answer": loss.item()}
+    captured = t.captured
+    if args.attn_weight > 0 and targets:  # --attn-weight switches it on; stage 3 may only reweigh it
+        previous, retrieval, reading = attention_losses(
+            captured.pop("previous"), captured.pop("attn"), captured.pop("read"), targets, args.attn_head,
+            args.retrieval_heads)
+        parts.update(previous=previous.item(), retrieval=retrieval.item(), reading=reading.item())
+        loss = loss + attn_weight * (previous + retrieval + reading)
+        if args.count_layer is not None:
+            counting = count_retrieval_loss(captured.pop("count"), batch["input_ids"], targets,
+                                            args.count_head, t.plural_ids)
+            if counting is not None:
+                parts["counting"] = counting.item()
+                loss = loss + attn_weight * counting
+    if args.probe_weight > 0 and targets:
+        hops = t.probe.loss(captured.pop("word_states"), captured.pop("answer_states"), targets)
+        parts["hops"] = hops.item()
+        loss = loss + args.probe_weight * hops
+    if args.aux_weight > 0:
+        patch_loss = t.aux.loss(captured.pop("feats"), batch_patch_labels(samples, device))
+        parts["patch"] = patch_loss.item()
+        loss = loss + args.aux_weight * patch_loss
+    captured.clear()  # whatever a loss did not use this step (e.g. no shape word in the batch)
+    return loss, parts
+
+
+def optimizer_step(t: Training, loss: torch.Tensor) -> None:
+    """One AdamW update from ``loss`` (learning rate already set for the step), with the
+    model's gradient norm clipped to 1 (the probes' gradients are not clipped)."""
+    t.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(t.model.parameters(), 1.0)
+    t.optimizer.step()
+
+
+def track(ema: dict[str, float], name: str, value: float) -> None:
+    """Running mean (factor 0.98) of a loss part, for the log; the first value starts it."""
+    ema[name] = value if name not in ema else 0.98 * ema[name] + 0.02 * value
+
+
+def progress_bar(total: int, initial: int) -> Any:
+    """A tqdm bar over the stage-2/3 steps, or ``None`` without tqdm (then ``log_step``
+    prints every 10 steps instead of every 25)."""
     try:
         from tqdm import tqdm
-        bar = tqdm(total=last_step, initial=start, mininterval=10, dynamic_ncols=False, ncols=100)
+        return tqdm(total=total, initial=initial, mininterval=10, dynamic_ncols=False, ncols=100)
     except ImportError:  # pragma: no cover
-        bar = None
-    total_steps = args.bench_steps if args.bench_steps else last_step
+        return None
+
+
+def log_step(step: int, start: int, args: argparse.Namespace, ema: dict[str, float], bar: Any, lr: float,
+             t0: float) -> None:
+    """Advance the progress bar and, every 25 steps (10 without a bar), print the running
+    means of the loss parts and the throughput since ``start`` (this process's first step)."""
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{ema['total']:.3f}", lr=f"{lr:.1e}", refresh=False)
+    if (step + 1) % 25 == 0 or bar is None and (step + 1) % 10 == 0:
+        el = time.time() - t0
+        parts = " ".join(f"{k} {v:.4f}" for k, v in ema.items())
+        print(f"\nstep {step + 1} loss {parts} {(step + 1 - start) * args.batch_size / el:.1f} scenes/s "
+              f"elapsed {el / 60:.1f} min", flush=True)
+
+
+def validate_and_checkpoint(step: int, t: Training, args: argparse.Namespace, val: list[scenes.Sample],
+                            device: torch.device, ckpt_path: str, last_ck: float) -> float:
+    """After ``step``: the quick validation every ``--val-every`` steps and at the end of each
+    stage, ``stage2.pt`` at the end of stage 2 (when a stage 3 follows, so it can be rerun
+    alone), and ``last.pt`` when ``--ckpt-minutes`` have passed since ``last_ck``.  Returns the
+    time of the latest ``last.pt``."""
+    if (step + 1) % args.val_every == 0 or step + 1 in (args.steps, args.steps + args.focus_steps):
+        acc = quick_val(t.model, t.encoder, val, device)
+        print(f"\nstep {step + 1} val " + " ".join(f"{k}={v:.3f}" for k, v in acc.items()), flush=True)
+    if step + 1 == args.steps and args.focus_steps:
+        save_checkpoint(os.path.join(args.ckpt_dir, "stage2.pt"), t.model, t.aux, t.probe,
+                        opt=t.optimizer.state_dict(), step=step + 1, args=vars(args))
+    if time.time() - last_ck > args.ckpt_minutes * 60:
+        save_checkpoint(ckpt_path, t.model, t.aux, t.probe, opt=t.optimizer.state_dict(), step=step + 1,
+                        args=vars(args))
+        last_ck = time.time()
+    return last_ck
+
+
+def train_stages_2_and_3(t: Training, args: argparse.Namespace, device: torch.device, start: int,
+                         ckpt_path: str) -> float:
+    """Steps ``start`` .. ``--steps + --focus-steps`` (or ``--bench-steps`` steps, then no
+    validation or checkpoints).  Returns the wall time of the loop in seconds."""
+    val = [scenes.sample(VAL_SEED, i) for i in range(128)]
+    n_params = sum(p.numel() for p in t.model.parameters())
+    print(f"params {n_params / 1e6:.2f}M, steps {args.steps}, batch {args.batch_size}, "
+          f"scenes {args.steps * args.batch_size}, device {device}, threads {args.threads}", flush=True)
+    bar = progress_bar(args.steps + args.focus_steps, start)
+    total_steps = args.bench_steps if args.bench_steps else args.steps + args.focus_steps
     t0 = last_ck = time.time()
-    ema = {}  # running means of the loss parts, for the log
-
-    def track(name, value):
-        ema[name] = value if name not in ema else 0.98 * ema[name] + 0.02 * value
-
+    ema: dict[str, float] = {}  # running means of the loss parts, for the log
     for step in range(start, total_steps):
-        if step < args.steps:  # stage 2: all question types, curriculum on the number of objects
-            lr = lr_at(step, args.steps, args.lr, args.warmup)
-            samples = train_samples(args.data_seed, step, args.batch_size, args.max_turns,
-                                    curriculum_cap(step, args.steps, args.curriculum))
-            attn_weight = args.attn_weight
-        else:  # stage 3: every primary question is a --focus-qtype one
-            lr = lr_at(step - args.steps, args.focus_steps, args.focus_lr, args.focus_steps // 10)
-            samples = focus_samples(args.data_seed, step, args.batch_size, args.max_turns, args.focus_qtype,
-                                    args.focus_only)
-            attn_weight = args.attn_weight if args.focus_attn_weight is None else args.focus_attn_weight
-        for g in opt.param_groups:
+        samples, lr, attn_weight = stage_batch(step, args)
+        for g in t.optimizer.param_groups:
             g["lr"] = lr
-        batch, targets = make_batch(enc, samples, args.max_turns, args.retrieve)
-        loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
-        track("answer", loss.item())
-        if args.attn_weight > 0 and targets:
-            previous, retrieval, reading = attention_losses(
-                captured.pop("previous"), captured.pop("attn"), captured.pop("read"), targets, args.attn_head,
-                args.retrieval_heads)
-            track("previous", previous.item())
-            track("retrieval", retrieval.item())
-            track("reading", reading.item())
-            loss = loss + attn_weight * (previous + retrieval + reading)
-            if args.count_layer is not None:
-                counting = count_retrieval_loss(captured.pop("count"), batch["input_ids"], targets,
-                                                args.count_head, plural_ids)
-                if counting is not None:
-                    track("counting", counting.item())
-                    loss = loss + attn_weight * counting
-        if args.probe_weight > 0 and targets:
-            hops = probe.loss(captured.pop("word_states"), captured.pop("answer_states"), targets)
-            track("hops", hops.item())
-            loss = loss + args.probe_weight * hops
-        if args.aux_weight > 0:
-            patch_loss = aux.loss(captured.pop("feats"), batch_patch_labels(samples, device))
-            track("patch", patch_loss.item())
-            loss = loss + args.aux_weight * patch_loss
-        captured.clear()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        track("total", loss.item())
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{ema['total']:.3f}", lr=f"{opt.param_groups[0]['lr']:.1e}", refresh=False)
-        if (step + 1) % 25 == 0 or bar is None and (step + 1) % 10 == 0:
-            el = time.time() - t0
-            parts = " ".join(f"{k} {v:.4f}" for k, v in ema.items())
-            print(f"\nstep {step + 1} loss {parts} {(step + 1 - start) * args.batch_size / el:.1f} scenes/s "
-                  f"elapsed {el / 60:.1f} min", flush=True)
-        if args.bench_steps:
-            continue
-        if (step + 1) % args.val_every == 0 or step + 1 in (args.steps, last_step):
-            acc = quick_val(model, enc, val, device)
-            print(f"\nstep {step + 1} val " + " ".join(f"{k}={v:.3f}" for k, v in acc.items()), flush=True)
-        if step + 1 == args.steps and args.focus_steps:  # stage 3 can be rerun from here
-            save_checkpoint(os.path.join(args.ckpt_dir, "stage2.pt"), model, aux, probe,
-                            opt=opt.state_dict(), step=step + 1, args=vars(args))
-        if time.time() - last_ck > args.ckpt_minutes * 60:
-            save_checkpoint(ckpt_path, model, aux, probe, opt=opt.state_dict(), step=step + 1, args=vars(args))
-            last_ck = time.time()
+        loss, parts = step_loss(t, args, samples, attn_weight, device)
+        for name, value in parts.items():
+            track(ema, name, value)
+        optimizer_step(t, loss)
+        track(ema, "total", loss.item())
+        log_step(step, start, args, ema, bar, lr, t0)
+        if not args.bench_steps:
+            last_ck = validate_and_checkpoint(step, t, args, val, device, ckpt_path, last_ck)
     if bar is not None:
         bar.close()
     wall = time.time() - t0
     print(f"training wall time {wall / 60:.1f} min", flush=True)
-    if args.bench_steps:
-        return
-    hook.remove()
-    for h in attn_hooks:
-        h.remove()
-    if attn_hooks:
-        restore_attention()
-    model.eval()
+    return wall
+
+
+def save_model(t: Training, args: argparse.Namespace, out_dir: str, wall: float, start: int) -> None:
+    """Drop the training aids (hooks, eager attention) and save the stock LLaVA model, its
+    generation config and processor to ``out_dir``, with ``training_args.json`` recording the
+    options (less the machine-specific ones), this process's wall time and the resume step."""
+    t.remove_training_aids()
+    t.model.eval()
     os.makedirs(out_dir, exist_ok=True)
-    model.save_pretrained(out_dir)
-    model.generation_config.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
+    t.model.save_pretrained(out_dir)
+    t.model.generation_config.save_pretrained(out_dir)
+    t.processor.save_pretrained(out_dir)
     with open(os.path.join(out_dir, "training_args.json"), "w") as f:
         json.dump({**{k: v for k, v in vars(args).items() if k not in ("resume", "device", "ckpt_dir")},
                    "wall_minutes_this_process": round(wall / 60, 1), "resumed_from_step": start}, f, indent=1)
     print(f"saved model + processor to {out_dir}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m shapes.train``: stage 1 (or resume), stages 2 and 3, then save the model."""
+    args = parse_args(argv)
+    from .model import DEFAULT_MODEL_DIR
+
+    out_dir = args.out or DEFAULT_MODEL_DIR
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    t = build_training(args, device)
+    ckpt_path = os.path.join(args.ckpt_dir, "last.pt")
+    start = resume_or_run_stage1(t, args, device, ckpt_path)
+    wall = train_stages_2_and_3(t, args, device, start, ckpt_path)
+    if args.bench_steps:
+        return
+    save_model(t, args, out_dir, wall, start)
 
 
 if __name__ == "__main__":

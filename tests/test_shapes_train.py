@@ -8,9 +8,10 @@ import torch
 
 from shapes import scenes
 from shapes.model import build_model, build_processor
-from shapes.train import (GRID, IMAGE_START, Encoder, HopProbe, attention_losses, centre_patch, count_retrieval_loss,
-                                 eager_attention_only_in, focus_samples, hop_facts, init_position_embeddings, main, make_aux_head,
-                                 make_batch, patch_labels, train_samples)
+from shapes.train import (DEFAULT_CKPT_DIR, GRID, IMAGE_START, Encoder, HopProbe, attention_losses, centre_patch,
+                          count_retrieval_loss, eager_attention_only_in, focus_samples, hop_facts,
+                          init_position_embeddings, install_supervision_hooks, main, make_aux_head, make_batch,
+                          parse_args, patch_labels, train_samples)
 
 
 def test_patch_labels_mark_the_object_under_each_patch():
@@ -252,3 +253,42 @@ def test_focus_stage_resumes_exactly_from_the_stage2_checkpoint(tmp_path):
     resumed = AutoModelForImageTextToText.from_pretrained(out, local_files_only=True).state_dict()
     for n, a in straight.items():
         assert torch.equal(a, resumed[n]), n
+
+
+def test_run_without_attention_losses_saves_a_loadable_model(tmp_path):
+    """``--attn-weight 0`` keeps SDPA attention everywhere (nothing to restore) while the hop
+    probe (default ``--probe-weight``) still hooks its two layers; the run must get through to
+    the saved model (it used to end in an UnboundLocalError on ``restore_attention``)."""
+    from transformers import AutoModelForImageTextToText
+
+    out = tmp_path / "model"
+    main(["--out", str(out), "--ckpt-dir", str(tmp_path / "ckpt"), "--vision-steps", "1", "--vision-batch-size", "2",
+          "--steps", "1", "--batch-size", "2", "--val-every", "1000", "--threads", "1", "--attn-weight", "0"])
+    model = AutoModelForImageTextToText.from_pretrained(out, local_files_only=True)
+    assert model.config.model_type == "llava"
+    saved = json.load(open(out / "training_args.json"))
+    assert saved["attn_weight"] == 0 and saved["probe_weight"] > 0 and saved["steps"] == 1
+
+
+def test_eager_attention_is_installed_only_for_the_attention_losses():
+    proc = build_processor()
+    model = build_model(seed=0, tokenizer=proc.tokenizer)
+    kinds = lambda: {layer.self_attn.config._attn_implementation for layer in model.model.language_model.layers}  # noqa: E731
+    hooks, restore = install_supervision_hooks(model, parse_args(["--attn-weight", "0"]), {})
+    assert restore is None and kinds() == {"sdpa"}
+    assert len(hooks) == 3  # the projector output and the hop probe's two layers
+    for h in hooks:
+        h.remove()
+    hooks, restore = install_supervision_hooks(model, parse_args(["--count-layer", "0"]), {})
+    assert callable(restore) and kinds() == {"eager", "sdpa"}
+    assert len(hooks) == 1 + 4 + 2  # projector, four supervised attention layers, the probe's two
+    restore()
+    assert kinds() == {"sdpa"}
+
+
+def test_checkpoint_folder_defaults_to_the_working_directory(monkeypatch):
+    monkeypatch.delenv("SHAPES_CKPT_DIR", raising=False)
+    assert parse_args([]).ckpt_dir == DEFAULT_CKPT_DIR == os.path.join("ckpt", "shapes")
+    monkeypatch.setenv("SHAPES_CKPT_DIR", "/elsewhere/ckpt")
+    assert parse_args([]).ckpt_dir == "/elsewhere/ckpt"
+    assert parse_args(["--ckpt-dir", "mine"]).ckpt_dir == "mine"
