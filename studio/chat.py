@@ -815,6 +815,7 @@ class ModelRegistry:
         entry = LoadedModel(model_id, model, processor, model_id)
         with self._lock:
             self.loads += 1
+            log.info("loaded model %r (load %d of this process)", model_id, self.loads)
             self._cards[model_id] = entry.card(trust_remote_code)
             while len(self._cards) > 64:  # cards are small, but typed ids are unbounded
                 self._cards.popitem(last=False)

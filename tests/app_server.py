@@ -47,6 +47,9 @@ class AppServer:
     def log_text(self) -> str:
         return self.log_path.read_text()[-3000:] if self.log_path and self.log_path.exists() else "(no log)"
 
+    def log_text_full(self) -> str:
+        return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()

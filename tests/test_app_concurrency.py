@@ -23,7 +23,7 @@ CHAT_FULL, CHAT_DROP, NOTICE, TRACE_FILE = 0, 1, 2, 14
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     log = tmp_path_factory.mktemp("app") / "app.log"
-    app = AppServer(log_path=log)
+    app = AppServer(log_path=log, env={"V2DROP_ALLOW_LOCAL_FOLDERS": "1"})  # session 3 loads a tiny local folder
     yield app
     app.stop()
 

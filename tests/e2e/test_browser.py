@@ -24,7 +24,8 @@ from app_server import AppServer  # noqa: E402
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    app = AppServer(log_path=tmp_path_factory.mktemp("e2e") / "app.log")
+    # the video test types a tiny model's local folder: the operator allows folders here
+    app = AppServer(log_path=tmp_path_factory.mktemp("e2e") / "app.log", env={"V2DROP_ALLOW_LOCAL_FOLDERS": "1"})
     yield app
     app.stop()
 
