@@ -154,7 +154,9 @@ class LlavaNextAdapter(ModelAdapter):
                 cells.append((f, -1, -1))
             elif rest > 0:
                 size = sizes[image_counter] if sizes is not None and image_counter < len(sizes) else None
-                shape = _newline_grid(rest, size, self._crop_grids(side))
+                shape = self._crop_grid(size, side) if size is not None else None
+                if shape is None or shape[0] * (shape[1] + 1) != rest:
+                    shape = _newline_grid(rest, size, self._crop_grids(side))
                 if shape is None:
                     return None
                 rows, cols = shape
@@ -165,6 +167,27 @@ class LlavaNextAdapter(ModelAdapter):
             image_counter += 1
         return PatchLayout(cells, grids, kinds)
 
+
+    def _crop_grid(self, image_size: Any, side: int) -> tuple[int, int] | None:
+        """Rows/cols of the crop grid of an image of ``image_size`` (height, width), as the model
+        builds it: the best pinpoint's tile grid, un-padded to the image's aspect ratio, then (for
+        OneVision's ``anyres_max_N``) shrunk to about N tiles' worth of tokens. Uses transformers'
+        own functions, so it follows the installed release."""
+        from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape, unpad_image
+
+        pinpoints = getattr(self.config, "image_grid_pinpoints", None)
+        if not pinpoints:
+            return None
+        height, width = (int(v) for v in torch.as_tensor(image_size).tolist()[:2])
+        tiles_h, tiles_w = get_anyres_image_grid_shape((height, width), pinpoints, int(self.config.vision_config.image_size))
+        canvas = torch.empty(1, tiles_h * side, tiles_w * side)
+        rows, cols = unpad_image(canvas, torch.tensor([height, width])).shape[1:]
+        max_tiles = _max_tiles(getattr(self.config, "vision_aspect_ratio", None))
+        if max_tiles:
+            ratio = math.sqrt(rows * cols / (max_tiles * side * side))
+            if ratio > 1.1:
+                rows, cols = int(rows // ratio), int(cols // ratio)
+        return int(rows), int(cols)
 
     def _crop_grids(self, side: int) -> list[tuple[int, int]]:
         """Token grids of the padded crop canvases the processor may choose (rows, cols)."""
@@ -332,6 +355,15 @@ def _as_rows(grid: Any) -> list[tuple[int, int, int]]:
     if grid is None:
         return []
     return [tuple(int(v) for v in row) for row in torch.as_tensor(grid).tolist()]
+
+
+def _max_tiles(vision_aspect_ratio: str | None) -> int | None:
+    """N of OneVision's ``anyres_max_N`` (how many tiles' worth of crop tokens it keeps); None
+    for plain ``anyres`` (LLaVA-NeXT)."""
+    prefix = "anyres_max_"
+    if isinstance(vision_aspect_ratio, str) and vision_aspect_ratio.startswith(prefix):
+        return int(vision_aspect_ratio[len(prefix):])
+    return None
 
 
 def _newline_grid(count: int, image_size: Any, canvases: Sequence[tuple[int, int]] = ()) -> tuple[int, int] | None:
