@@ -233,7 +233,8 @@ def image_region(processor: Any, image_size: tuple[int, int]) -> tuple[float, fl
     whole image for those that resize the whole image (SigLIP, LLaVA-NeXT/OneVision, Qwen2-VL)."""
     w, h = image_size
     ip = getattr(processor, "image_processor", None)
-    if ip is not None and getattr(ip, "do_center_crop", False) and getattr(ip, "crop_size", None):
+    anyres = getattr(ip, "image_grid_pinpoints", None)  # NeXT: its tiles are already crop-sized, the crop is a no-op
+    if ip is not None and not anyres and getattr(ip, "do_center_crop", False) and getattr(ip, "crop_size", None):
         crop, size = ip.crop_size, getattr(ip, "size", None)
         cw, ch = (_field(crop, "width"), _field(crop, "height")) if not isinstance(crop, int) else (crop, crop)
         short = _field(size, "shortest_edge")
