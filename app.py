@@ -9,8 +9,9 @@ tokens each layer dropped.
 On a public host (a Space, or any interface but 127.0.0.1) visitors may only pick the operator's
 listed models; see the hosting options below and "Hosting safety" in docs/app.md.
 
-Layout and event wiring only: the handlers are in ``studio/handlers.py``, model logic in
-``studio/chat.py``, drawing in ``visualize/``.
+Layout, event wiring and launch options only: the handlers are in ``studio/handlers.py``, model
+logic in ``studio/`` (``inputs``, ``videos``, ``pair``, ``schedules``, ``registry``), drawing in
+``visualize/``.
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ from typing import Any
 import gradio as gr
 from transformers.utils import logging as transformers_logging
 
-from studio.chat import EMBEDDED_ID, MAX_VIDEO_FRAMES, VIDEO_MODELS, ModelRegistry, load_image, stream_pair
 from studio.handlers import Studio, notice
 from studio.hosting import HostingPolicy, add_arguments
+from studio.inputs import load_image
+from studio.pair import stream_pair
+from studio.registry import EMBEDDED_ID, ModelRegistry
 from studio.sessions import DEFAULT_ROOT, FrameCache, SessionStore
 from studio.state import PageState
+from studio.videos import MAX_VIDEO_FRAMES, VIDEO_MODELS
 from studio.views import VISUAL_FIELDS
 from v2drop.schedule import DropSchedule
 from v2drop.video import SUPPORTED_EXTENSIONS
@@ -229,10 +233,10 @@ def _wire_model(studio: Studio, model: ModelPanel, media: MediaPanel, chat: Chat
                        api_name="set_preset")
     model.schedule.change(studio.on_schedule_edit, [model.schedule, state], [model.schedule_info, state],
                           api_name="set_schedule")
-    model.load.click(studio.on_load_model, [model.dropdown, model.trust, state],
+    model.load.click(studio.on_switch_model, [model.dropdown, model.trust, state],
                      [model.dropdown, model.info, model.preset, model.schedule, model.schedule_info, note, state,
                       media.frames, chat.full, chat.drop] + run.visual_outputs(),
-                     api_name="load_model", **model_job)
+                     api_name="switch_model", **model_job)
 
 
 def _wire_media(studio: Studio, media: MediaPanel, chat: ChatPanel, state: gr.State, note: gr.Markdown,

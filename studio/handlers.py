@@ -21,11 +21,13 @@ from typing import Any, Iterator
 import gradio as gr
 from PIL import Image
 
-from studio.chat import (EMBEDDED_ID, VIDEO_MODELS, ChatInputError, ModelCard, ModelLoadError, ModelRegistry,
-                         check_num_frames, check_prompt, check_special_tokens, check_video_model, image_region, load_image,
-                         load_video_file, nominal_vision_tokens, presets_for, schedule_summary, stream_pair)
+from studio.inputs import ChatInputError, check_prompt, check_special_tokens, image_region, load_image
+from studio.pair import stream_pair
+from studio.registry import EMBEDDED_ID, ModelCard, ModelLoadError, ModelRegistry
+from studio.schedules import nominal_vision_tokens, presets_for, schedule_summary
 from studio.sessions import FrameCache, Session, SessionStore
 from studio.state import PageState
+from studio.videos import VIDEO_MODELS, check_num_frames, check_video_model, load_video_file
 from studio.views import Media, Visuals, dropped_image, layer_caption, layer_images, run_visuals
 from v2drop.schedule import DropSchedule
 from v2drop.trace import Trace
@@ -156,7 +158,7 @@ class Studio:
             lines.append(f"⚠️ {card.note}")
         return "\n\n".join(lines)
 
-    def on_load_model(self, model_id: str, trust: bool, state: PageState, progress=gr.Progress()):
+    def on_switch_model(self, model_id: str, trust: bool, state: PageState, progress=gr.Progress()):
         """Load a model for this session (the operator's policy decides what may be loaded); on
         failure keep the current one and say why. A load clears the chat, overlays and charts."""
         model_id = (model_id or "").strip() or EMBEDDED_ID

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from studio.chat import EMBEDDED_ID, SUGGESTED_MODELS
+from studio.registry import EMBEDDED_ID, SUGGESTED_MODELS
 
 __all__ = ["HostingPolicy", "add_arguments", "is_public_host", "upload_dirs", "DEFAULT_MODELS"]
 

@@ -32,7 +32,9 @@ def _questions() -> list[tuple[str, str]]:
 def bench_in_process(repeats: int, schedule: str, max_new_tokens: int) -> dict:
     import torch
 
-    from studio.chat import ModelRegistry, load_image, stream_pair
+    from studio.inputs import load_image
+    from studio.pair import stream_pair
+    from studio.registry import ModelRegistry
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     t0 = time.perf_counter()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from studio.chat import EMBEDDED_ID
+from studio.registry import EMBEDDED_ID
 
 __all__ = ["PageState"]
 

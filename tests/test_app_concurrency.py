@@ -44,7 +44,7 @@ def test_concurrent_sessions_are_queued_in_order_and_kept_apart(server, tmp_path
     schedules = ["2:0.6,4:0.5,6:0.3", "1:0.1,3:0.2,5:0", "3:0.5", "2:0.25,4:0.4"]  # session 3: 6 layers
     clients = [Client(server.url, verbose=False) for _ in names]
     # session 3 switches to another model (a local folder); the others stay on the embedded one
-    loaded = clients[3].predict(str(tiny_dir), False, api_name="/load_model")
+    loaded = clients[3].predict(str(tiny_dir), False, api_name="/switch_model")
     assert "Loaded" in loaded[5], loaded[5]
     for client, schedule in zip(clients, schedules):
         info = client.predict(schedule, api_name="/set_schedule")
@@ -112,7 +112,7 @@ def test_bad_input_gets_a_message_and_the_app_keeps_serving(server, tmp_path):
     assert "cannot run" in client.predict("0:0.5", api_name="/set_schedule")
     out = client.predict("what color is the star ?", good, api_name="/chat")
     assert "cannot run" in out[NOTICE] and "layer 0" in out[NOTICE]
-    failed = client.predict("nobody/no-such-model-v2drop", False, api_name="/load_model")
+    failed = client.predict("nobody/no-such-model-v2drop", False, api_name="/switch_model")
     assert "could not" in failed[5] or "not in the local" in failed[5] or "not a known" in failed[5], failed[5]
     assert "stays loaded" in failed[5]
     client.predict("2:0.5", api_name="/set_schedule")

@@ -1,5 +1,6 @@
-"""studio.chat: safe image/prompt input, multi-turn inputs for every family, the interleaved
-unpruned / V²Drop streaming loop (same answers as generate), the model cache and its errors."""
+"""studio's model side (inputs, videos, pair, schedules, registry): safe image/prompt input, multi-turn
+inputs for every family, the interleaved unpruned / V²Drop streaming loop (same answers as generate),
+the model cache and its errors."""
 
 import struct
 import zlib
@@ -10,8 +11,10 @@ from PIL import Image
 
 import tiny_models
 import v2drop
-from studio.chat import (EMBEDDED_ID, ChatInputError, ModelLoadError, ModelRegistry, build_inputs, build_messages,
-                         check_prompt, image_region, load_image, presets_for, schedule_summary, stream_pair)
+from studio.inputs import ChatInputError, build_inputs, build_messages, check_prompt, image_region, load_image
+from studio.pair import stream_pair
+from studio.registry import EMBEDDED_ID, ModelLoadError, ModelRegistry
+from studio.schedules import presets_for, schedule_summary
 from v2drop.schedule import DropSchedule
 
 SCHEDULE = "2:0.5,4:0.5"
@@ -181,6 +184,27 @@ def test_registry_embedded_and_failing_loads_leave_the_cache(tmp_path):
     assert names[0].startswith("shapes-")
 
 
+def test_registry_load_lets_cancellation_through(tmp_path, monkeypatch):
+    """Only ``Exception`` becomes a ModelLoadError: a cancelled or interrupted load stays one, and the
+    cache is unchanged."""
+    import asyncio
+
+    import v2drop.loading
+
+    registry = ModelRegistry(max_extra=1, device="cpu", embedded_dir=str(tmp_path / "none"))
+    for raised in (asyncio.CancelledError, KeyboardInterrupt):
+        def cancelled(*_args, **_kwargs):
+            raise raised()
+
+        monkeypatch.setattr(v2drop.loading, "load_model", cancelled)
+        with pytest.raises(raised):
+            registry.load("someone/some-model")
+        assert registry.loaded_ids() == [EMBEDDED_ID] and registry.loads == 0
+    monkeypatch.setattr(v2drop.loading, "load_model", lambda *a, **k: (_ for _ in ()).throw(OSError("disk gone")))
+    with pytest.raises(ModelLoadError, match="could not be loaded"):
+        registry.load("someone/some-model")
+
+
 def test_registry_loads_a_local_folder_and_evicts_lru(tmp_path):
     registry = ModelRegistry(max_extra=1, device="cpu", embedded_dir=str(tmp_path / "none"))
     tiny_models.build("llava", tmp_path / "a")
@@ -214,8 +238,8 @@ def test_stream_pair_survives_being_resumed_from_other_threads(tiny):
 # ------------------------------------------------------------------------------ video
 from pathlib import Path  # noqa: E402
 
-from studio.chat import (MAX_VIDEO_FRAMES, build_video_inputs, build_video_messages, check_num_frames,  # noqa: E402
-                         check_video_model, load_video_file)
+from studio.videos import (MAX_VIDEO_FRAMES, build_video_inputs, build_video_messages, check_num_frames,  # noqa: E402
+                           check_video_model, load_video_file)
 
 VIDEOS = Path(__file__).resolve().parents[1] / "assets" / "videos"
 

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 import tiny_models
-from studio.chat import stream_pair
+from studio.pair import stream_pair
 from v2drop.trace import PatchLayout, SampleTrace, Trace
 from visualize import charts, overlay, story
 
@@ -270,7 +270,7 @@ def test_frame_timeline_counts_sum_to_alive_per_layer():
 
 @pytest.mark.parametrize("family", ["llava_onevision", "qwen2_vl"])
 def test_strip_and_timeline_from_a_real_video_run(tiny, family):
-    from studio.chat import load_video_file
+    from studio.videos import load_video_file
     from v2drop.video_inputs import frames_per_layout_frame
     model, processor = tiny(family)
     video = load_video_file(tiny_models.__file__.replace("tests/tiny_models.py", "assets/videos/moving_shapes.mp4"), 6)

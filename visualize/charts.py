@@ -1,6 +1,6 @@
 """Plotly charts of a run: vision tokens alive per layer, and latency / speed / memory of the
 unpruned and the V²Drop run side by side. Inputs are a :class:`v2drop.Trace` and run statistics
-as dicts (``RunStats.to_dict()`` from :mod:`studio.chat`, or any dict with the same keys)."""
+as dicts (``RunStats.to_dict()`` from :mod:`studio.pair`, or any dict with the same keys)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ and returns a new PIL image. Patches are placed with ``sample.layout`` (``cells[
 col)``, ``grids[frame] = (rows, cols)``), so dynamic-resolution grids (Qwen2-VL) and multi-crop
 images (LLaVA-NeXT / OneVision anyres: a "base" grid and a "crop" grid) map exactly onto the
 image: each frame becomes one panel (the image with that frame's grid), panels side by side.
-``region`` is the part of the image the grids cover (``studio.chat.image_region``: the centre
+``region`` is the part of the image the grids cover (``studio.inputs.image_region``: the centre
 crop for CLIP-style processors, else the whole image).
 
 Videos: :func:`frame_strip` takes the sampled frames instead of one image and draws one tile per

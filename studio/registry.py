@@ -1,0 +1,241 @@
+"""The model cache shared by all sessions: the embedded model always, a few others least recently
+used out, every load through one lock and (optionally) the operator's policy, and a small
+:class:`ModelCard` of every loaded model that outlives its eviction."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from studio.schedules import num_decoder_layers
+
+__all__ = ["EMBEDDED_ID", "SUGGESTED_MODELS", "ModelLoadError", "LoadedModel", "ModelCard", "ModelRegistry"]
+
+log = logging.getLogger("v2drop.studio")
+EMBEDDED_ID = "embedded: shapes-llava"
+SUGGESTED_MODELS = [
+    "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
+    "Qwen/Qwen2-VL-2B-Instruct",
+    "Qwen/Qwen2.5-VL-3B-Instruct",
+    "llava-hf/llava-1.5-7b-hf",
+]
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says why in plain words."""
+
+
+@dataclass
+class LoadedModel:
+    model_id: str
+    model: torch.nn.Module
+    processor: Any
+    label: str
+    trained: bool = True
+    is_embedded: bool = False
+    note: str = ""
+
+    @property
+    def num_layers(self) -> int:
+        return num_decoder_layers(self.model)
+
+    def card(self, trust_remote_code: bool = False) -> "ModelCard":
+        from v2drop.video import default_num_frames
+        return ModelCard(self.model_id, self.label, self.model.config, self.is_embedded, self.trained, self.note,
+                         default_num_frames(self.model), trust_remote_code)
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What the page needs to know about a loaded model without holding its weights (its config,
+    label, default frame count): kept after the model is evicted, so that schedule and video
+    handlers never have to load it again. ``presets_for``, ``schedule_summary``,
+    ``supports_video`` and ``nominal_vision_tokens`` take a card where they take a model."""
+
+    model_id: str
+    label: str
+    config: Any
+    is_embedded: bool
+    trained: bool
+    note: str
+    default_frames: int
+    trust_remote_code: bool = False
+
+    @property
+    def num_layers(self) -> int:
+        return num_decoder_layers(self)
+
+
+def _pick_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _explain_load_error(model_id: str, err: BaseException) -> str:
+    from v2drop.adapters import UnsupportedModelError, supported_architectures
+
+    text = f"{type(err).__name__}: {err}"
+    low = text.lower()
+    if isinstance(err, UnsupportedModelError):
+        return f"{model_id!r} loaded, but its architecture is not supported by V²Drop: {err}"
+    if isinstance(err, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in low:
+        return f"Not enough memory to load {model_id!r}; the current model stays in use."
+    if ("offline" in low or "localentrynotfound" in low or "connection" in low or "couldn't connect" in low
+            or "cannot find the requested files" in low or "outgoing traffic has been disabled" in low):
+        return (f"{model_id!r} is not in the local Hugging Face cache and the network is unavailable "
+                "(offline mode), so it cannot be downloaded here.")
+    if "repositorynotfound" in low or "is not a local folder and is not a valid model identifier" in low or \
+            "not a valid model identifier" in low or "404" in low:
+        return f"{model_id!r} is not a known model."
+    if "unrecognized configuration class" in low or "does not recognize this architecture" in low or \
+            "model type" in low and "not" in low:
+        return (f"{model_id!r} is not an image-text-to-text model that this app supports "
+                f"(supported families: {', '.join(supported_architectures())}).")
+    if "trust_remote_code" in low:
+        return f"{model_id!r} needs custom code from its repository, which this server does not run for it."
+    return f"{model_id!r} could not be loaded (see the server log for details)."
+
+
+class ModelRegistry:
+    """Loaded models shared by all sessions, keyed by id. The embedded model is always loaded;
+    at most ``max_extra`` other models are kept (least recently used first out).
+
+    Every load goes through :meth:`load`, one at a time (``_load_lock``): a model that several
+    sessions need again after an eviction is loaded once, and the others find it in the cache.
+    ``policy`` (an object with ``allows(model_id, trust_remote_code) -> reason | None``, e.g.
+    :class:`studio.hosting.HostingPolicy`) is asked before anything is read from disk or the hub."""
+
+    def __init__(self, max_extra: int = 1, device: str | None = None,
+                 embedded_dir: str | None = None, policy: Any = None) -> None:
+        self.max_extra = max_extra
+        self.device = device or _pick_device()
+        self.embedded_dir = embedded_dir
+        self.policy = policy
+        self._lock = threading.RLock()
+        self._load_lock = threading.Lock()
+        self._extra: "OrderedDict[str, LoadedModel]" = OrderedDict()
+        self._cards: "OrderedDict[str, ModelCard]" = OrderedDict()
+        self._embedded: LoadedModel | None = None
+        self.loads = 0  # completed loads from disk or the hub (not cache hits), for tests and logs
+
+    # embedded -------------------------------------------------------------------------------
+    def _weights_path(self) -> Path:
+        from shapes.model import DEFAULT_MODEL_DIR
+        return Path(self.embedded_dir or DEFAULT_MODEL_DIR) / "model.safetensors"
+
+    def embedded(self) -> LoadedModel:
+        """The embedded shapes model; built untrained (and labelled so) while its weights are missing,
+        and swapped for the trained one as soon as the weights appear."""
+        with self._lock:
+            if self._embedded is None or (not self._embedded.trained and self._weights_path().exists()):
+                self._embedded = self._load_embedded()
+            return self._embedded
+
+    def _load_embedded(self) -> LoadedModel:
+        from shapes import model as shapes
+        label = "Embedded Shapes model (tiny LLaVA, 8 layers, 256 vision tokens; understands generated " \
+                "shape scenes: colours, counts, positions, existence of circles/squares/triangles/stars)"
+        try:
+            model, processor = shapes.load_default(self.device, self.embedded_dir)
+            return LoadedModel(EMBEDDED_ID, model, processor, label, trained=True, is_embedded=True)
+        except (FileNotFoundError, OSError) as err:
+            model = shapes.build_model().to(self.device).eval()
+            processor = shapes.build_processor()
+            log.warning("embedded weights missing (%s): %s", self._weights_path(), err)
+            note = ("The embedded model's trained weights are missing, so it runs UNTRAINED with random "
+                    "weights: answers are meaningless, but dropping, heatmaps and timings work.")
+            return LoadedModel(EMBEDDED_ID, model, processor, label + " — UNTRAINED (weights missing)",
+                               trained=False, is_embedded=True, note=note)
+
+    # others ---------------------------------------------------------------------------------
+    def get(self, model_id: str | None) -> LoadedModel:
+        """A loaded model by id (the embedded one for ``None`` / :data:`EMBEDDED_ID`)."""
+        if not model_id or model_id == EMBEDDED_ID:
+            return self.embedded()
+        with self._lock:
+            if model_id not in self._extra:
+                raise KeyError(model_id)
+            self._extra.move_to_end(model_id)
+            return self._extra[model_id]
+
+    def loaded_ids(self) -> list[str]:
+        with self._lock:
+            return [EMBEDDED_ID, *self._extra]
+
+    def card(self, model_id: str | None) -> ModelCard:
+        """The :class:`ModelCard` of a model loaded at least once (``KeyError`` otherwise); never loads."""
+        if not model_id or model_id == EMBEDDED_ID:
+            return self.embedded().card()
+        with self._lock:
+            return self._cards[model_id]
+
+    def ensure(self, model_id: str | None) -> LoadedModel:
+        """The model, loaded again (once, with the trust it was loaded with) if another session's load
+        evicted it. Raises :class:`ModelLoadError` with a message for the page if that fails."""
+        try:
+            return self.get(model_id)
+        except KeyError:
+            with self._lock:
+                card = self._cards.get(model_id)
+            return self.load(model_id, trust_remote_code=bool(card and card.trust_remote_code))
+
+    def load(self, model_id: str, trust_remote_code: bool = False,
+             progress: Callable[[float, str], None] | None = None) -> LoadedModel:
+        """Load ``model_id`` (hub id or local folder) or return it from the cache. Raises
+        :class:`ModelLoadError` with a plain-language reason; the cache is unchanged on failure."""
+        model_id = (model_id or "").strip()
+        if not model_id or model_id == EMBEDDED_ID:
+            return self.embedded()
+        if len(model_id) > 200 or any(c in model_id for c in "\n\r\t"):
+            raise ModelLoadError("That does not look like a model id (expected 'owner/name' or a local folder).")
+        reason = self.policy.allows(model_id, trust_remote_code) if self.policy is not None else None
+        if reason:
+            raise ModelLoadError(reason)
+        with self._load_lock:  # one load at a time; whoever waited finds the model in the cache
+            with self._lock:
+                if model_id in self._extra:
+                    self._extra.move_to_end(model_id)
+                    return self._extra[model_id]
+            return self._load_new(model_id, trust_remote_code, progress)
+
+    def _load_new(self, model_id: str, trust_remote_code: bool,
+                  progress: Callable[[float, str], None] | None) -> LoadedModel:
+        from v2drop.adapters import get_adapter
+        from v2drop.loading import load_model
+
+        def report(fraction: float, message: str) -> None:
+            if progress is not None:
+                progress(fraction, message)
+
+        report(0.05, f"Reading the configuration of {model_id}…")
+        try:
+            report(0.2, f"Loading the weights of {model_id} on {self.device} (this can take a while)…")
+            model, processor = load_model(model_id, device=self.device, trust_remote_code=trust_remote_code)
+            report(0.85, "Checking that V²Drop can patch it…")
+            get_adapter(model)
+            getattr(processor, "apply_chat_template")
+        except Exception as err:  # noqa: BLE001 - every failure becomes a message; cancellation passes
+            log.warning("loading %r failed: %s: %s", model_id, type(err).__name__, err)
+            gc.collect()
+            raise ModelLoadError(_explain_load_error(model_id, err)) from err
+        entry = LoadedModel(model_id, model, processor, model_id)
+        with self._lock:
+            self.loads += 1
+            log.info("loaded model %r (load %d of this process)", model_id, self.loads)
+            self._cards[model_id] = entry.card(trust_remote_code)
+            while len(self._cards) > 64:  # cards are small, but typed ids are unbounded
+                self._cards.popitem(last=False)
+            self._extra[model_id] = entry
+            while len(self._extra) > self.max_extra:
+                self._extra.popitem(last=False)
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        report(1.0, "Loaded.")
+        return entry
