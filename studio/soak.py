@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -162,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-sessions", type=int, default=20)
     parser.add_argument("--json", default=str(ROOT / "results" / "soak.json"))
     args = parser.parse_args(argv)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     with tempfile.TemporaryDirectory(prefix="v2drop-soak-") as tmp:
         work = Path(tmp)
         image = make_large_image(work / "large.png")
