@@ -172,3 +172,17 @@ def test_loglikelihood_is_the_unpruned_models_and_knows_its_greedy_answer(shapes
         logits = model(**full).logits[0, n_prompt - 1:-1].log_softmax(-1)
     targets = full["input_ids"][0, n_prompt:]
     assert lp_greedy == pytest.approx(logits.gather(-1, targets[:, None]).sum().item(), abs=1e-4)
+
+
+def test_the_recipe_names_real_lmms_eval_tasks_and_the_ocr_prompt():
+    from lmms_eval.tasks import TaskManager
+    from lmms_eval.utils import load_yaml_config
+
+    from benchmarks.lmms.paper_table import BENCHMARKS, TASK_DIR
+
+    manager = TaskManager("WARNING", include_path=str(TASK_DIR), model_name="v2drop")
+    assert all(bench.task in manager.all_tasks for bench in BENCHMARKS)
+    config = load_yaml_config(str(TASK_DIR / "textvqa_val_ocr.yaml"))
+    prompt = config["doc_to_text"]({"question": "what is written?", "ocr_tokens": ["stop", "sign"]},
+                                   config["lmms_eval_specific_kwargs"]["default"])
+    assert prompt == "What is written?\nReference OCR token: stop, sign\nAnswer the question using a single word or phrase."
