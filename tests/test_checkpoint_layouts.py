@@ -16,6 +16,7 @@ from benchmarks import checkpoints
 from patch_probe import NEWLINE_VALUE, install_probe, vision_embeddings
 from studio.chat import build_inputs, image_region
 from v2drop import get_adapter
+from v2drop.resolution import apply_cap, pick_cap
 from visualize.overlay import patch_boxes
 
 MARKER = (0.5, 0.1, 0.9, 0.6)     # x0, y0, x1, y1 as shares of the image: off-centre, so flips show
@@ -127,3 +128,27 @@ def test_qwen_dynamic_grids(size):
     inputs = build_inputs(processor, [], "what ?", noise(size))
     t, h, w = inputs["image_grid_thw"][0].tolist()
     assert result["grids"] == [(h // 2, w // 2)] and result["tokens"] == t * h * w // 4
+
+
+BASE_CAP_TOKENS = {"llava-1.5-7b": 576, "llava-next-7b": 1026, "llava-onevision-0.5b": 1317, "qwen2-vl-2b": 234,
+                   "qwen2.5-vl-3b": 234}   # a 640×480 photo under the "base" image cap
+
+
+@pytest.mark.parametrize("name", checkpoints.NAMES)
+def test_base_cap_cuts_tokens_and_keeps_layouts_right(name):
+    model, processor = checkpoints.build(name)
+    install_probe(model)
+    image = photo("rocket").resize((640, 480))
+    full = check_marker(model, processor, image)["tokens"]
+    cap = apply_cap(model, processor, "base")
+    result = check_marker(model, processor, image)
+    assert result["tokens"] == BASE_CAP_TOKENS[name] <= full
+    assert all(count > 0 for count in result["inside"].values()), result
+    assert cap.name == "base" and cap.label
+
+
+def test_pick_cap():
+    assert pick_cap("auto", "cpu") == "base" and pick_cap("auto", "cuda") == "full"
+    assert pick_cap("full", "cpu") == "full" and pick_cap("base", "cuda") == "base"
+    with pytest.raises(ValueError, match="image cap"):
+        pick_cap("tiny", "cpu")

@@ -8,15 +8,19 @@ family of a model, a config or a ``model_type`` string is :func:`adapter_class`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import torch
 from torch import nn
 
 from .schedule import PAPER_DEPTH
 from .trace import PatchLayout
+
+if TYPE_CHECKING:
+    from .resolution import ResolutionCap
 
 __all__ = ["ModelAdapter", "get_adapter", "adapter_class", "decoder_depth", "supported_architectures",
            "UnsupportedModelError"]
@@ -108,6 +112,14 @@ class ModelAdapter:
         vision = self.config.vision_config
         return int(vision.image_size) // int(vision.patch_size)
 
+    def base_resolution(self, processor: Any) -> "ResolutionCap":
+        """The settings of the ``"base"`` image cap (:mod:`v2drop.resolution`): none for a fixed
+        grid, which is already the base resolution."""
+        from .resolution import ResolutionCap
+
+        side = self._base_side()
+        return ResolutionCap("base", f"fixed {side}×{side} grid (no cap needed)")
+
 
 class LlavaAdapter(ModelAdapter):
     """LLaVA-1.5 (and the embedded shapes model): one square grid of patches per image."""
@@ -196,6 +208,16 @@ class LlavaNextAdapter(ModelAdapter):
         return [(int(h) // size * side, int(w) // size * side) for h, w in pinpoints]
 
 
+    def base_resolution(self, processor: Any) -> "ResolutionCap":
+        """One anyres canvas, the size of the base tile: the base grid plus one crop grid."""
+        from .resolution import ResolutionCap
+
+        size = int(self.config.vision_config.image_size)
+        canvas = [[size, size]]
+        return ResolutionCap("base", f"base resolution: one {size}×{size} tile besides the base image",
+                             image_processor={"image_grid_pinpoints": canvas}, config={"image_grid_pinpoints": canvas})
+
+
 class LlavaOnevisionAdapter(LlavaNextAdapter):
     """LLaVA-OneVision: LLaVA-NeXT's anyres layout, and video (pooled frames)."""
 
@@ -218,6 +240,23 @@ class Qwen2VLAdapter(ModelAdapter):
     @classmethod
     def own_presets(cls, num_layers: int) -> tuple[str, ...]:
         return ("qwen2-vl-official",)
+
+    #: merged tokens per image under the ``"base"`` image cap
+    BASE_TOKENS = 256
+
+    def base_resolution(self, processor: Any) -> "ResolutionCap":
+        """``max_pixels`` of :attr:`BASE_TOKENS` merged tokens (dynamic resolution keeps the aspect)."""
+        from .resolution import ResolutionCap
+
+        image_processor = getattr(processor, "image_processor", processor)
+        vision = self.config.vision_config
+        token_side = int(vision.patch_size) * int(getattr(vision, "spatial_merge_size", 2))
+        max_pixels = self.BASE_TOKENS * token_side * token_side
+        size = image_processor.size  # transformers' SizeDict (a dataclass) or a plain dict
+        capped = (dataclasses.replace(size, longest_edge=max_pixels) if dataclasses.is_dataclass(size)
+                  else {**size, "longest_edge": max_pixels})
+        return ResolutionCap("base", f"at most {max_pixels:,} pixels ({self.BASE_TOKENS} tokens)",
+                             image_processor={"size": capped})
 
     def layout(self, input_ids: torch.Tensor, sample: int, model_inputs: dict[str, Any]) -> PatchLayout | None:
         merge = int(getattr(self.config.vision_config, "spatial_merge_size", 2))
