@@ -186,3 +186,32 @@ def test_the_recipe_names_real_lmms_eval_tasks_and_the_ocr_prompt():
     prompt = config["doc_to_text"]({"question": "what is written?", "ocr_tokens": ["stop", "sign"]},
                                    config["lmms_eval_specific_kwargs"]["default"])
     assert prompt == "What is written?\nReference OCR token: stop, sign\nAnswer the question using a single word or phrase."
+
+
+def test_a_video_request_runs_alone_and_its_tokens_are_dropped(tmp_path):
+    import tiny_models
+    from lmms_eval.api.instance import Instance
+
+    from v2drop.lmms.model import V2DropLMM
+    from v2drop.video import write_video
+
+    tiny_models.build("qwen2_vl", tmp_path)
+    video = write_video(tmp_path / "clip.mp4", [tiny_models.image(i, (112, 112)) for i in range(4)], fps=4)
+    docs = [{"video": str(video)}, {"image": tiny_models.image(7, (112, 112))}]
+    lm = V2DropLMM(pretrained=str(tmp_path / "qwen2_vl"), method="v2drop", schedule="2:0.5;4:0", batch_size=2,
+                   max_frames=4)
+    lm.task_dict = {"t": {"test": docs}}
+    to_visual = lambda doc: [doc.get("video") or doc["image"]]  # noqa: E731  (a path for the video, as lmms-eval's video tasks)
+    requests = [Instance("generate_until", ("<video>\nwhat happens?", {"max_new_tokens": 2}, to_visual, i, "t", "test"),
+                         idx=0, metadata={"task": "t", "doc_id": i, "repeats": 1}) for i in range(2)]
+    answers = lm.generate_until(requests)
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+
+    from lmms_eval.models.model_utils.gen_metrics import get_logged_metrics_history
+
+    logged = get_logged_metrics_history()[-1]
+    assert logged["samples"] == 2
+    # 4 frames of 112×112 → 2 temporal slices × 16 tokens; the image gives 16: the mean is 24
+    assert logged["vision_tokens"] == 24
+    assert logged["vision_tokens_kept"] == pytest.approx(
+        (DropSchedule.parse("2:0.5,4:0").average_kept(6, 32) + DropSchedule.parse("2:0.5,4:0").average_kept(6, 16)) / 2)

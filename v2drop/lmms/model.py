@@ -20,6 +20,7 @@ handed to lmms-eval's ``log_metrics``, which writes them to the results' ``throu
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -36,7 +37,7 @@ from lmms_eval.models.model_utils.gen_metrics import log_metrics
 from ..engine import apply
 from ..loading import load_model
 from ..schedule import DropSchedule
-from ..scoring import available_methods
+from ..scoring import available_methods, get_method
 from ..video_inputs import prepare_video
 from .inputs import chat_text, image_batch, is_video, strip_placeholders
 from .requests import Batch, batches, generation_kwargs, parse_schedule, truncate
@@ -76,13 +77,13 @@ class V2DropLMM(lmms):
         self.seed = int(seed)
         self.accelerator = Accelerator()
         self._rank, self._world_size = _process_grid(self.accelerator)
-        # several processes: each takes the device accelerate gives it (cuda:<local rank> or cpu)
-        self._device = self.accelerator.device if device is None or self._world_size > 1 else torch.device(device)
+        self._device = _pick_device(device, self.accelerator, self._world_size)
         self._model, self.processor = load_model(
             pretrained, device=str(self._device), dtype=_dtype(dtype), attn_implementation=attn_implementation,
             trust_remote_code=bool(trust_remote_code))
         self.pretrained = pretrained
-        self.schedule.validate(self.num_layers, allow_layer_zero=self.method == "downsample")
+        rule = get_method("v2drop" if self.method == "none" else self.method)
+        self.schedule.validate(self.num_layers, allow_layer_zero=rule.allows_layer_zero)  # fail before any request
         eval_logger.info(f"v2drop: {pretrained} on {self._device} (process {self._rank + 1} of "
                          f"{self._world_size}), method={self.method}, schedule={self.schedule}")
 
@@ -248,6 +249,16 @@ def _process_grid(accelerator: Accelerator) -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return accelerator.process_index, accelerator.num_processes
+
+
+def _pick_device(device: str | None, accelerator: Accelerator, world_size: int) -> torch.device:
+    """The asked device for a single process; with several, each process takes its own GPU
+    (``cuda:<LOCAL_RANK>``), or the CPU where there is none, whatever ``device`` says."""
+    if world_size > 1:
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", accelerator.local_process_index)))
+        return torch.device("cpu")
+    return accelerator.device if device is None else torch.device(device)
 
 
 def _gather(stats: RunStats, world_size: int) -> list[RunStats]:
