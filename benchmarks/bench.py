@@ -523,7 +523,8 @@ def _parse_schedules(text: str | None, available: dict[str, DropSchedule]) -> di
     return out
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m benchmarks.bench``."""
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="shapes", help="shapes | onevision-0.5b | qwen2-vl-2b | tiny")
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS))
@@ -547,7 +548,43 @@ def main(argv: list[str] | None = None) -> dict:
                          "shared machine: it counts the work, not the scheduler's share)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("V2DROP_BENCH_THREADS", "2")))
     ap.add_argument("--out", default="results/bench")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _speed_section(model, inputs, info: dict, methods: list[str], schedules: dict, args, out: Path, log) -> tuple:
+    """Run the speed + memory benchmark; write its JSON and chart; ``(rows, report lines)``."""
+    rows = run_speed(model, inputs, info, methods, schedules, args.repeats, args.warmup, args.max_new_tokens, log,
+                     args.clock)
+    table = speed_table(rows)
+    log(table)
+    (out / f"speed-{args.model}.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1))
+    speed_chart(rows, info, out / f"speed-{args.model}.html")
+    report = [f"Speed and memory: medians of {args.repeats} runs after {args.warmup} warm-up, "
+              f"{args.max_new_tokens} new tokens, {args.clock}-clock times.", "", table, ""]
+    return rows, report
+
+
+def _accuracy_section(model, processor, info: dict, methods: list[str], schedules: dict, args, out: Path,
+                      log) -> tuple:
+    """Run accuracy + positional bias on the embedded model; write JSON and chart;
+    ``(rows, bias, report lines)``."""
+    if args.model != "shapes" or processor is None:
+        raise SystemExit("--accuracy needs --model shapes (the only model with a benchmark and trained weights)")
+    acc_methods = [m for m in methods if m != "fastv-lite"]  # same tokens as fastv
+    rows, bias = run_accuracy(model, processor, info, acc_methods, schedules, args.n, args.batch_size, args.bins, log)
+    table, btable = accuracy_table(rows), bias_table(bias)
+    log(table)
+    (out / f"accuracy-{args.model}.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1))
+    (out / f"bias-{args.model}.json").write_text(json.dumps({"info": info, "bias": bias}, indent=1))
+    bias_chart(bias, info, out / f"bias-{args.model}.html")
+    log(btable)
+    report = [f"Accuracy on {args.n} held-out questions (weights: {info.get('weights')}):", "", table, "",
+              "Positional bias (retention by vision-token index quarter):", "", btable, ""]
+    return rows, bias, report
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -559,37 +596,19 @@ def main(argv: list[str] | None = None) -> dict:
                 malloc_mmap_threshold=os.environ.get(MMAP_ENV))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     schedules = _parse_schedules(args.schedules, default_schedules(model, info))
-    log(f"{info['model']}: {info['description']}; {info['num_layers']} layers, {info['num_vision_tokens']} vision + "
-        f"{info['num_text_tokens']} text tokens, {info['parameters'] / 1e6:.0f} M parameters")
+    summary = (f"{info['description']}; {info['num_layers']} layers, {info['num_vision_tokens']} vision + "
+               f"{info['num_text_tokens']} text tokens")
+    log(f"{info['model']}: {summary}, {info['parameters'] / 1e6:.0f} M parameters")
     report = [f"## {info['model']}", "", f"`{info['command']}`", "",
-              f"{info['description']}; {info['num_layers']} layers, {info['num_vision_tokens']} vision + "
-              f"{info['num_text_tokens']} text tokens; {args.device}, {args.threads} threads, float32.", ""]
+              f"{summary}; {args.device}, {args.threads} threads, float32.", ""]
     result: dict[str, Any] = {"info": info}
     if not args.no_speed:
-        rows = run_speed(model, inputs, info, methods, schedules, args.repeats, args.warmup, args.max_new_tokens, log,
-                         args.clock)
-        result["speed"] = rows
-        table = speed_table(rows)
-        log(table)
-        (out / f"speed-{args.model}.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1))
-        speed_chart(rows, info, out / f"speed-{args.model}.html")
-        report += [f"Speed and memory: medians of {args.repeats} runs after {args.warmup} warm-up, "
-                   f"{args.max_new_tokens} new tokens, {args.clock}-clock times.", "", table, ""]
+        result["speed"], lines = _speed_section(model, inputs, info, methods, schedules, args, out, log)
+        report += lines
     if args.accuracy:
-        if args.model != "shapes" or processor is None:
-            raise SystemExit("--accuracy needs --model shapes (the only model with a benchmark and trained weights)")
-        acc_methods = [m for m in methods if m != "fastv-lite"]  # same tokens as fastv
-        rows, bias = run_accuracy(model, processor, info, acc_methods, schedules, args.n, args.batch_size, args.bins, log)
-        result["accuracy"], result["bias"] = rows, bias
-        table = accuracy_table(rows)
-        log(table)
-        (out / f"accuracy-{args.model}.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1))
-        (out / f"bias-{args.model}.json").write_text(json.dumps({"info": info, "bias": bias}, indent=1))
-        bias_chart(bias, info, out / f"bias-{args.model}.html")
-        btable = bias_table(bias)
-        log(btable)
-        report += [f"Accuracy on {args.n} held-out questions (weights: {info.get('weights')}):", "", table, "",
-                   "Positional bias (retention by vision-token index quarter):", "", btable, ""]
+        result["accuracy"], result["bias"], lines = _accuracy_section(model, processor, info, methods, schedules,
+                                                                      args, out, log)
+        report += lines
     (out / f"report-{args.model}.md").write_text("\n".join(report))
     log(f"wrote {out}/")
     return result
