@@ -170,7 +170,8 @@ def format_table(rows, qtypes=scenes.QTYPES) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m shapes.evaluate``."""
     ap = argparse.ArgumentParser(description="Evaluate the Shapes model (unpruned and with V²Drop).")
     ap.add_argument("--model", default=None, help="model folder (default: assets/shapes-llava)")
     ap.add_argument("--n", type=int, default=1200, help="number of benchmark questions")
@@ -187,7 +188,50 @@ def main(argv=None):
                     help="also report V2Drop's variation score on object vs background patches over the "
                          "first N benchmark images (0: skip)")
     ap.add_argument("--out", default=None, help="write results JSON here")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def schedules_to_run(args: argparse.Namespace, num_layers: int) -> list[tuple[float | None, DropSchedule, str | None]]:
+    """``[(budget, schedule, note)]``: the explicit ``--schedules``, or one schedule per ``--budgets``
+    entry on ``--layers`` (``DropSchedule.closest_to_budget``; the note says when it was clamped)."""
+    if args.schedules:
+        return [(None, DropSchedule.parse(text), None) for text in args.schedules.split(";")]
+    layers = tuple(int(x) for x in args.layers.split(","))
+    return [(float(b), *DropSchedule.closest_to_budget(num_layers, layers, float(b))) for b in args.budgets.split(",")]
+
+
+def evaluate_methods(model, processor, questions, methods: list[str], specs: list, batch_size: int,
+                     num_layers: int, num_vision_tokens: int) -> list[dict]:
+    """One result row per method and schedule ('none' once, unpruned), printed as it finishes."""
+    rows = []
+    for method in methods:
+        runs = [(None, None, None)] if method == "none" else specs
+        for budget, sched, note in runs:
+            if note:
+                print(f"note: {note}", flush=True)
+            if method == "none":
+                r = evaluate(model, processor, questions, batch_size=batch_size)
+                r.update(budget=None, schedule=None, avg_kept=float(num_vision_tokens))
+            else:
+                r = evaluate(model, processor, questions, method=method, schedule=sched, batch_size=batch_size)
+                r.update(budget=budget, schedule=str(sched), note=note,
+                         avg_kept=float(sched.average_kept(num_layers=num_layers, num_vision_tokens=num_vision_tokens)))
+            rows.append(r)
+            print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+    return rows
+
+
+def print_variation(variation: list[dict], n: int) -> None:
+    """The object-vs-background variation table of :func:`object_variation`."""
+    print(f"\nV2Drop variation score (L2 change of a vision token's hidden state), first {n} images:")
+    print("| drop layer | object patches | background patches | object patches in the top half |")
+    print("|---|---|---|---|")
+    for v in variation:
+        print(f"| {v['layer']} | {v['object']:.1f} | {v['background']:.1f} | {100 * v['object_in_top_half']:.0f} % |")
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
 
     from .model import NUM_VISION_TOKENS, load_default
@@ -196,38 +240,14 @@ def main(argv=None):
     num_layers = model.config.text_config.num_hidden_layers
     questions = scenes.benchmark(args.n, seed=args.seed)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    rows = []
-    for method in methods:
-        if method == "none":
-            r = evaluate(model, processor, questions, batch_size=args.batch_size)
-            r.update(budget=None, schedule=None, avg_kept=float(NUM_VISION_TOKENS))
-            rows.append(r)
-            print(format_table(rows[-1:]).splitlines()[-1], flush=True)
-            continue
-        if args.schedules:
-            specs = [(None, DropSchedule.parse(s), None) for s in args.schedules.split(";")]
-        else:
-            layers = tuple(int(x) for x in args.layers.split(","))
-            specs = [(float(b), *DropSchedule.closest_to_budget(num_layers, layers, float(b)))
-                     for b in args.budgets.split(",")]
-        for budget, sched, note in specs:
-            if note:
-                print(f"note: {note}", flush=True)
-            r = evaluate(model, processor, questions, method=method, schedule=sched, batch_size=args.batch_size)
-            r.update(budget=budget, schedule=str(sched), note=note,
-                     avg_kept=float(sched.average_kept(num_layers=num_layers, num_vision_tokens=NUM_VISION_TOKENS)))
-            rows.append(r)
-            print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+    rows = evaluate_methods(model, processor, questions, methods, schedules_to_run(args, num_layers),
+                            args.batch_size, num_layers, NUM_VISION_TOKENS)
     print()
     print(format_table(rows))
     variation = []
     if args.variation > 0:
         variation = object_variation(model, processor, questions[: args.variation])
-        print(f"\nV2Drop variation score (L2 change of a vision token's hidden state), first {args.variation} images:")
-        print("| drop layer | object patches | background patches | object patches in the top half |")
-        print("|---|---|---|---|")
-        for v in variation:
-            print(f"| {v['layer']} | {v['object']:.1f} | {v['background']:.1f} | {100 * v['object_in_top_half']:.0f} % |")
+        print_variation(variation, args.variation)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
