@@ -22,8 +22,8 @@ import gradio as gr
 from PIL import Image
 
 from studio.inputs import ChatInputError, check_prompt, check_special_tokens, image_region, load_image
-from studio.pair import stream_pair
-from studio.registry import EMBEDDED_ID, ModelCard, ModelLoadError, ModelRegistry
+from studio.pair import PairEvent, stream_pair
+from studio.registry import EMBEDDED_ID, LoadedModel, ModelCard, ModelLoadError, ModelRegistry
 from studio.schedules import nominal_vision_tokens, presets_for, schedule_summary
 from studio.sessions import FrameCache, Session, SessionStore
 from studio.state import PageState
@@ -60,7 +60,7 @@ def messages(turns: list, pending: tuple[str, str] | None = None) -> list[dict[s
 class Turn:
     """One checked chat turn, ready to run."""
 
-    entry: Any                 # the LoadedModel
+    entry: LoadedModel
     question: str
     schedule: DropSchedule
     media: Media
@@ -325,7 +325,7 @@ class Studio:
             return
         yield self._finish(turn, event, state, session)
 
-    def _stream(self, turn: Turn, turns_full: list, turns_drop: list) -> Iterator[tuple[Any, tuple]]:
+    def _stream(self, turn: Turn, turns_full: list, turns_drop: list) -> Iterator[tuple[PairEvent, tuple | None]]:
         """(event, (full pane, drop pane, notice)) while both answers stream; the last event is final."""
         last_yield = 0.0
         with self._model_lock:
@@ -342,7 +342,7 @@ class Studio:
                 yield event, (messages(turns_full, (turn.question, event.full_text)),
                               messages(turns_drop, (turn.question, event.drop_text)), gr.skip())
 
-    def _finish(self, turn: Turn, event: Any, state: PageState, session: Session) -> tuple:
+    def _finish(self, turn: Turn, event: PairEvent, state: PageState, session: Session) -> tuple:
         """Store the finished turn and its trace (in the session's folder) and draw the run."""
         entry, schedule = turn.entry, turn.schedule
         state.turns_full = state.turns_full + [(turn.question, event.full_text)]
