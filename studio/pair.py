@@ -21,6 +21,7 @@ from PIL import Image
 from studio.inputs import build_inputs
 from studio.videos import build_video_inputs, check_video_model
 from v2drop.compat import kv_cache_bytes
+from v2drop.encoder_cache import shared_encoder_outputs
 from v2drop.engine import apply
 from v2drop.memory import memory_now, module_device
 from v2drop.schedule import DropSchedule
@@ -140,6 +141,7 @@ class _PairRunner:
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.device = module_device(model)
         self.eos = _eos_ids(model, processor)
+        self.encoders: dict[str, Any] = {}   # shared vision-tower memos (v2drop.encoder_cache), set by stream_pair
         self.start = time.perf_counter()
         self.full = _Run(RunStats("unpruned"), _to_device(_media_inputs(processor, history_full, question, media), model))
         self.drop = _Run(RunStats("V²Drop"), _to_device(_media_inputs(processor, history_drop, question, media), model))
@@ -172,6 +174,7 @@ class _PairRunner:
             torch.cuda.synchronize()
             if prefill and run is self.full:
                 torch.cuda.reset_peak_memory_stats(self.device)
+        saved = self._encoder_seconds_saved()
         t0 = time.perf_counter()
         with torch.inference_mode():  # per step: grad mode is thread-local and a streaming caller
             out = self.model(**kwargs, cache=run.cache, use_cache=True, logits_to_keep=1)  # may resume us elsewhere
@@ -179,11 +182,14 @@ class _PairRunner:
         if cuda:
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - t0
-        if prefill:
-            run.stats.prefill_seconds += elapsed
+        if prefill:  # a reused vision-tower output still counts: both answers' prefills stay comparable
+            run.stats.prefill_seconds += elapsed + self._encoder_seconds_saved() - saved
         else:
             run.stats.decode_seconds += elapsed
         self._record(run, token)
+
+    def _encoder_seconds_saved(self) -> float:
+        return sum(memo.saved_seconds for memo in self.encoders.values())
 
     def _record(self, run: _Run, token: int) -> None:
         stats = run.stats
@@ -245,7 +251,10 @@ def stream_pair(
     if isinstance(image, DecodedVideo):
         check_video_model(model)
     pair = _PairRunner(model, processor, image, question, history_full, history_drop, schedule, max_new_tokens)
-    with apply(model, schedule, method, trace_all_layers=trace_all_layers) as session:
+    # one vision-tower pass serves both answers (same pixels); each is still charged its cost
+    with shared_encoder_outputs(model) as encoders, \
+            apply(model, schedule, method, trace_all_layers=trace_all_layers) as session:
+        pair.encoders = encoders
         pair.vision_ids = session.vision_ids
         with session.paused():
             pair.step(pair.full, prefill=True)

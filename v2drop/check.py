@@ -33,11 +33,12 @@ from .engine import apply
 from .memory import memory_now
 from .schedule import DropSchedule
 
-__all__ = ["CheckResult", "run_checks", "main", "PHOTO", "TOLERANCE"]
+__all__ = ["CheckResult", "run_checks", "main", "PHOTO", "TOLERANCE", "check_keep_all", "prompt_inputs", "lm_prefill_seconds"]
 
 PHOTO = Path(__file__).parent / "data" / "photo.jpg"   # scikit-image's "astronaut" (NASA, public domain)
 #: largest logit difference allowed between keep-all and the unmodified model, per dtype
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
+LOGIT_POSITIONS = 16   # prompt positions whose logits keep-all compares (all of them would cost vocab × length)
 QUESTIONS = ("What is in this image?", "Describe the colours and the people or objects in this photo in detail.")
 EXIT_FAILED, EXIT_UNSUPPORTED, EXIT_LOAD = 1, 2, 3
 
@@ -79,12 +80,12 @@ def check_keep_all(model: torch.nn.Module, inputs: dict, max_new_tokens: int) ->
     """A schedule that keeps every token must leave logits and greedy tokens unchanged."""
     depth = decoder_depth(model)
     schedule = DropSchedule.keep_all(sorted({1, depth // 4, depth // 2, depth - 1} - {0}))
-    with torch.inference_mode():
-        ref = model(**inputs).logits.float()
+    with torch.inference_mode():  # the prompt's last positions: the text after the image
+        ref = model(**inputs, logits_to_keep=LOGIT_POSITIONS).logits.float()
     ref_ids = _greedy(model, inputs, max_new_tokens)
     with apply(model, schedule):
         with torch.inference_mode():
-            logits = model(**inputs).logits.float()
+            logits = model(**inputs, logits_to_keep=LOGIT_POSITIONS).logits.float()
         ids = _greedy(model, inputs, max_new_tokens)
     diff = float((logits - ref).abs().max())
     tolerance = TOLERANCE.get(model.dtype, 1e-2) * max(1.0, float(ref.abs().max()))
@@ -120,7 +121,7 @@ def check_layout(model: torch.nn.Module, inputs: dict, schedule: DropSchedule) -
     """The trace's layout must have one cell per vision token; reports count, grids and kinds."""
     with apply(model, schedule) as run:
         with torch.inference_mode():
-            model(**inputs)
+            model(**inputs, logits_to_keep=1)
     sample = run.trace.samples[0]
     layout = sample.layout
     n = sample.num_vision_tokens
@@ -133,7 +134,7 @@ def check_layout(model: torch.nn.Module, inputs: dict, schedule: DropSchedule) -
                        f"{n} vision tokens, {len(layout.cells)} layout cells ({grids}; {newlines} newline)"), n
 
 
-def _lm_prefill_seconds(model: torch.nn.Module, inputs: dict, repeats: int) -> float:
+def lm_prefill_seconds(model: torch.nn.Module, inputs: dict, repeats: int) -> float:
     """Median wall time of the language model's forward over the prompt (vision tower excluded)."""
     lm = get_adapter(model).language_model()
     cuda = next(model.parameters()).device.type == "cuda"
@@ -156,7 +157,7 @@ def _lm_prefill_seconds(model: torch.nn.Module, inputs: dict, repeats: int) -> f
     try:
         for _ in range(repeats):
             with torch.inference_mode():
-                model(**inputs)
+                model(**inputs, logits_to_keep=1)
     finally:
         for handle in handles:
             handle.remove()
@@ -173,15 +174,15 @@ def report_speed(model: torch.nn.Module, inputs: dict, schedule: DropSchedule, n
     predicted = 1 / schedule.flops_ratio(decoder_depth(model), n_vision, int(inputs["input_ids"].shape[1]) - n_vision,
                                          int(text.hidden_size), int(text.intermediate_size), kv_hidden)
     peaks = {}
-    _lm_prefill_seconds(model, inputs, 1)  # warm-up
+    lm_prefill_seconds(model, inputs, 1)  # warm-up
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    full = _lm_prefill_seconds(model, inputs, repeats)
+    full = lm_prefill_seconds(model, inputs, repeats)
     peaks["unpruned"] = memory_now(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with apply(model, schedule):
-        pruned = _lm_prefill_seconds(model, inputs, repeats)
+        pruned = lm_prefill_seconds(model, inputs, repeats)
     peaks["V²Drop"] = memory_now(device)
     memory = "; ".join(f"{name} {value / 2**30:.2f} GiB" for name, (value, _) in peaks.items() if value is not None)
     kind = {"process_rss": "process RSS after each run", "cuda_max_allocated": "CUDA peak allocated"}.get(

@@ -109,11 +109,13 @@ def processor(name: str) -> Any:
 
 
 def build(name: str, size: str = "narrow", dtype: torch.dtype = torch.float32, seed: int = 0,
-          attn_implementation: str = "sdpa") -> tuple[torch.nn.Module, Any]:
-    """``(model, processor)`` of fixture ``name`` with random weights, in eval mode."""
+          attn_implementation: str = "sdpa", device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any]:
+    """``(model, processor)`` of fixture ``name`` with random weights, in eval mode, initialised
+    directly on ``device`` (a 7B model is quick to initialise on a GPU, slow on a CPU)."""
     torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_config(config(name, size), dtype=dtype,
-                                                    attn_implementation=attn_implementation)
+    with torch.device(device):
+        model = AutoModelForImageTextToText.from_config(config(name, size), dtype=dtype,
+                                                        attn_implementation=attn_implementation)
     return model.eval(), processor(name)
 
 
