@@ -38,6 +38,7 @@ from studio.sessions import DEFAULT_ROOT, FrameCache, SessionStore
 from studio.state import PageState
 from studio.videos import MAX_VIDEO_FRAMES, VIDEO_MODELS
 from studio.views import VISUAL_FIELDS
+from v2drop.resolution import CAPS
 from v2drop.schedule import DropSchedule
 from v2drop.video import SUPPORTED_EXTENSIONS
 from visualize import charts, story
@@ -99,6 +100,7 @@ class MediaPanel:
     frames: Any
     video_example: Any
     video_preview: Any
+    image_info: Any = None   # vision tokens of this image under the image cap
 
 
 @dataclass
@@ -165,6 +167,7 @@ def _media_panel(studio: Studio, video_examples: dict) -> MediaPanel:
         with gr.Tab("Image", elem_id="image-tab") as image_tab:
             image_file = gr.File(label="Image (upload)", file_types=["image"], type="filepath", elem_id="image-upload")
             preview = gr.Image(label="Image", interactive=False, height=220, elem_id="preview")
+            image_info = gr.Markdown(elem_id="image-info")
         with gr.Tab("Video", elem_id="video-tab") as video_tab:
             gr.Markdown(f"Video models only: {VIDEO_MODELS}. Frames are sampled uniformly; V²Drop ranks the tokens "
                         "of all frames together.")
@@ -178,7 +181,8 @@ def _media_panel(studio: Studio, video_examples: dict) -> MediaPanel:
                 value=None, label="Example videos", elem_id="video-examples")
             video_preview = gr.Image(label="Sampled frames (what the model sees)", interactive=False,
                                      elem_id="video-preview", format="png")
-    return MediaPanel(image_tab, image_file, preview, video_tab, video_file, frames, video_example, video_preview)
+    return MediaPanel(image_tab, image_file, preview, video_tab, video_file, frames, video_example, video_preview,
+                      image_info)
 
 
 def _chat_panel() -> ChatPanel:
@@ -236,13 +240,15 @@ def _wire_model(studio: Studio, model: ModelPanel, media: MediaPanel, chat: Chat
     model.load.click(studio.on_switch_model, [model.dropdown, model.trust, state],
                      [model.dropdown, model.info, model.preset, model.schedule, model.schedule_info, note, state,
                       media.frames, chat.full, chat.drop] + run.visual_outputs(),
-                     api_name="switch_model", **model_job)
+                     api_name="switch_model", **model_job
+                     ).then(studio.image_info, [state], [media.image_info], api_name=False)
 
 
 def _wire_media(studio: Studio, media: MediaPanel, chat: ChatPanel, state: gr.State, note: gr.Markdown,
                 video_examples: dict) -> None:
     panes = [chat.full, chat.drop, note, state]
-    media.image_file.change(studio.on_image, [media.image_file, state], [media.preview] + panes, api_name="set_image")
+    media.image_file.change(studio.on_image, [media.image_file, state], [media.preview] + panes, api_name="set_image"
+                            ).then(studio.image_info, [state], [media.image_info], api_name="image_info")
     media.video_file.change(studio.on_video, [media.video_file, media.frames, state], [media.video_preview] + panes,
                             api_name="set_video")
     # also fires when loading a model sets its default frame count: the video is sampled again
@@ -340,6 +346,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "env V2DROP_HOST; 0.0.0.0 on Hugging Face Spaces)")
     parser.add_argument("--port", type=int, default=default_port, help="port (default 7860; env V2DROP_PORT)")
     parser.add_argument("--no-warm-up", action="store_true", help="skip the start-up warm-up run")
+    parser.add_argument("--image-cap", default=os.environ.get("V2DROP_IMAGE_CAP", "auto"), choices=["auto", *CAPS],
+                        help="image resolution for hub models (env V2DROP_IMAGE_CAP): full = the checkpoint's own; "
+                             "base = one base-size tile (LLaVA-NeXT/OneVision) or 256 tokens (Qwen), for CPU hosts; "
+                             "auto (default) = base on CPU, full on GPU")
     parser.add_argument("--benchmark", action="store_true", help="run the latency benchmark and exit "
                         "(same as python -m studio.perf)")
     parser.add_argument("--benchmark-sessions", type=int, default=None, metavar="N",
@@ -366,7 +376,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def make_studio(args: argparse.Namespace, policy: HostingPolicy) -> Studio:
     """The shared back end from the launch options."""
-    registry = ModelRegistry(max_extra=int(os.environ.get("V2DROP_MAX_MODELS", "1")), policy=policy)
+    registry = ModelRegistry(max_extra=int(os.environ.get("V2DROP_MAX_MODELS", "1")), policy=policy,
+                             image_cap=getattr(args, "image_cap", "auto"))
     frames = FrameCache(max_bytes=int(args.frame_cache_mb * 1024 * 1024))
     root = Path(os.environ.get("V2DROP_SESSION_DIR") or DEFAULT_ROOT)
     sessions = SessionStore(root, idle_seconds=args.session_ttl, max_sessions=args.max_sessions,

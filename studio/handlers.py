@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import gradio as gr
 from PIL import Image
 
+from studio.image_cap import image_caption
 from studio.inputs import ChatInputError, check_prompt, check_special_tokens, image_region, load_image
 from studio.pair import PairEvent, stream_pair
 from studio.registry import EMBEDDED_ID, LoadedModel, ModelCard, ModelLoadError, ModelRegistry
@@ -154,6 +155,8 @@ class Studio:
         lines = [f"**{card.label}**", f"{card.num_layers} decoder layers · "
                  f"{getattr(card.config, 'model_type', '?')} · device {self.registry.device}"]
         lines.append("🎞️ takes video" if supports_video(card) else f"🖼️ images only (video models: {VIDEO_MODELS})")
+        if card.image_cap:
+            lines.append(f"📐 image cap: {card.image_cap}")
         if card.note:
             lines.append(f"⚠️ {card.note}")
         return "\n\n".join(lines)
@@ -210,6 +213,18 @@ class Studio:
             return None, [], [], notice(str(err), "error"), state
         text = " ".join(notes) + (" " if notes else "") + "New image: a new conversation starts."
         return state.image, [], [], notice(text, "warn" if notes else "info"), state
+
+    def image_info(self, state: PageState) -> str:
+        """The line under the image: its vision-token count for the current model under the
+        operator's image cap (empty without an image, or when the model was evicted)."""
+        if not state.image:
+            return ""
+        try:
+            entry = self.registry.get(state.model_id)
+            with Image.open(state.image) as image:
+                return image_caption(entry, image.convert("RGB"))
+        except (KeyError, OSError, ValueError):
+            return ""
 
     # ------------------------------------------------------------------------ video
     def _video_frames(self, state: PageState) -> DecodedVideo:

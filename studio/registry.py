@@ -41,6 +41,7 @@ class LoadedModel:
     trained: bool = True
     is_embedded: bool = False
     note: str = ""
+    image_cap: str = ""   # what the operator's image cap set (v2drop.resolution), for the page
 
     @property
     def num_layers(self) -> int:
@@ -49,7 +50,7 @@ class LoadedModel:
     def card(self, trust_remote_code: bool = False) -> "ModelCard":
         from v2drop.video import default_num_frames
         return ModelCard(self.model_id, self.label, self.model.config, self.is_embedded, self.trained, self.note,
-                         default_num_frames(self.model), trust_remote_code)
+                         default_num_frames(self.model), trust_remote_code, self.image_cap)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class ModelCard:
     note: str
     default_frames: int
     trust_remote_code: bool = False
+    image_cap: str = ""
 
     @property
     def num_layers(self) -> int:
@@ -112,9 +114,12 @@ class ModelRegistry:
     :class:`studio.hosting.HostingPolicy`) is asked before anything is read from disk or the hub."""
 
     def __init__(self, max_extra: int = 1, device: str | None = None,
-                 embedded_dir: str | None = None, policy: Any = None) -> None:
+                 embedded_dir: str | None = None, policy: Any = None, image_cap: str = "auto") -> None:
+        from v2drop.resolution import pick_cap
+
         self.max_extra = max_extra
         self.device = device or _pick_device()
+        self.image_cap = pick_cap(image_cap, torch.device(self.device).type)  # "full" or "base"
         self.embedded_dir = embedded_dir
         self.policy = policy
         self._lock = threading.RLock()
@@ -208,6 +213,7 @@ class ModelRegistry:
                   progress: Callable[[float, str], None] | None) -> LoadedModel:
         from v2drop.adapters import get_adapter
         from v2drop.loading import load_model
+        from v2drop.resolution import apply_cap
 
         def report(fraction: float, message: str) -> None:
             if progress is not None:
@@ -219,12 +225,13 @@ class ModelRegistry:
             model, processor = load_model(model_id, device=self.device, trust_remote_code=trust_remote_code)
             report(0.85, "Checking that V²Drop can patch it…")
             get_adapter(model)
+            cap = apply_cap(model, processor, self.image_cap)
             getattr(processor, "apply_chat_template")
         except Exception as err:  # noqa: BLE001 - every failure becomes a message; cancellation passes
             log.warning("loading %r failed: %s: %s", model_id, type(err).__name__, err)
             gc.collect()
             raise ModelLoadError(_explain_load_error(model_id, err)) from err
-        entry = LoadedModel(model_id, model, processor, model_id)
+        entry = LoadedModel(model_id, model, processor, model_id, image_cap=cap.label)
         with self._lock:
             self.loads += 1
             log.info("loaded model %r (load %d of this process)", model_id, self.loads)
