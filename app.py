@@ -350,6 +350,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="image resolution for hub models (env V2DROP_IMAGE_CAP): full = the checkpoint's own; "
                              "base = one base-size tile (LLaVA-NeXT/OneVision) or 256 tokens (Qwen), for CPU hosts; "
                              "auto (default) = base on CPU, full on GPU")
+    parser.add_argument("--cpu-dtype", default=os.environ.get("V2DROP_CPU_DTYPE", "auto"),
+                        choices=["auto", "float32", "bfloat16"],
+                        help="dtype of hub models on a CPU host (env V2DROP_CPU_DTYPE): auto (default) = bfloat16 "
+                             "where the CPU has AMX / AVX512-BF16, else float32")
     parser.add_argument("--benchmark", action="store_true", help="run the latency benchmark and exit "
                         "(same as python -m studio.perf)")
     parser.add_argument("--benchmark-sessions", type=int, default=None, metavar="N",
@@ -377,7 +381,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def make_studio(args: argparse.Namespace, policy: HostingPolicy) -> Studio:
     """The shared back end from the launch options."""
     registry = ModelRegistry(max_extra=int(os.environ.get("V2DROP_MAX_MODELS", "1")), policy=policy,
-                             image_cap=getattr(args, "image_cap", "auto"))
+                             image_cap=getattr(args, "image_cap", "auto"),
+                             cpu_dtype=getattr(args, "cpu_dtype", "auto"))
     frames = FrameCache(max_bytes=int(args.frame_cache_mb * 1024 * 1024))
     root = Path(os.environ.get("V2DROP_SESSION_DIR") or DEFAULT_ROOT)
     sessions = SessionStore(root, idle_seconds=args.session_ttl, max_sessions=args.max_sessions,

@@ -109,7 +109,8 @@ def _load(name: str, settings: Settings, attn: str = "sdpa") -> tuple[torch.nn.M
 
 
 def _image_inputs(model: torch.nn.Module, processor: Any, settings: Settings) -> dict:
-    inputs = prompt_inputs(processor, photo(settings.image_size), ["What is in this image?"], torch.device(settings.device))
+    device = torch.device(settings.device)
+    inputs = prompt_inputs(processor, photo(settings.image_size), ["What is in this image?"], device)
     return {k: v.to(settings.dtype) if k.startswith("pixel_values") else v for k, v in inputs.items()}
 
 

@@ -114,12 +114,16 @@ class ModelRegistry:
     :class:`studio.hosting.HostingPolicy`) is asked before anything is read from disk or the hub."""
 
     def __init__(self, max_extra: int = 1, device: str | None = None,
-                 embedded_dir: str | None = None, policy: Any = None, image_cap: str = "auto") -> None:
+                 embedded_dir: str | None = None, policy: Any = None, image_cap: str = "auto",
+                 cpu_dtype: str = "auto") -> None:
+        from v2drop.loading import cpu_dtype as pick_cpu_dtype
         from v2drop.resolution import pick_cap
 
         self.max_extra = max_extra
         self.device = device or _pick_device()
         self.image_cap = pick_cap(image_cap, torch.device(self.device).type)  # "full" or "base"
+        # hub models on the CPU: bfloat16 where the CPU computes it natively (None: load_model's default)
+        self.dtype = pick_cpu_dtype(cpu_dtype) if torch.device(self.device).type == "cpu" else None
         self.embedded_dir = embedded_dir
         self.policy = policy
         self._lock = threading.RLock()
@@ -222,7 +226,8 @@ class ModelRegistry:
         report(0.05, f"Reading the configuration of {model_id}…")
         try:
             report(0.2, f"Loading the weights of {model_id} on {self.device} (this can take a while)…")
-            model, processor = load_model(model_id, device=self.device, trust_remote_code=trust_remote_code)
+            model, processor = load_model(model_id, device=self.device, dtype=self.dtype,
+                                          trust_remote_code=trust_remote_code)
             report(0.85, "Checking that V²Drop can patch it…")
             get_adapter(model)
             cap = apply_cap(model, processor, self.image_cap)

@@ -52,3 +52,22 @@ def test_the_line_under_the_image(onevision_folder, tmp_path):
     state.image = str(tmp_path / "photo.png")
     assert "1,317 vision tokens" in studio.image_info(state)
     assert "256 vision tokens" in studio.image_info(PageState(image=state.image))   # the embedded model
+
+
+def test_cpu_dtype_choice(tmp_path, monkeypatch):
+    import torch
+
+    from v2drop import loading
+
+    fast, slow = tmp_path / "fast", tmp_path / "slow"
+    fast.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f amx_bf16 avx512_bf16\n")
+    slow.write_text("processor\t: 0\nflags\t\t: fpu sse avx2\n")
+    assert loading.cpu_has_fast_bf16(str(fast)) and not loading.cpu_has_fast_bf16(str(slow))
+    assert not loading.cpu_has_fast_bf16(str(tmp_path / "missing"))
+    assert loading.cpu_dtype("float32") == torch.float32 and loading.cpu_dtype("bfloat16") == torch.bfloat16
+    monkeypatch.setattr(loading, "cpu_has_fast_bf16", lambda: False)
+    assert loading.cpu_dtype("auto") == torch.float32
+    assert ModelRegistry(device="cpu", cpu_dtype="auto").dtype == torch.float32
+    with pytest.raises(ValueError, match="CPU dtype"):
+        loading.cpu_dtype("int8")
+    assert app.parse_args(["--cpu-dtype", "bfloat16"]).cpu_dtype == "bfloat16"

@@ -191,7 +191,8 @@ class LlavaNextAdapter(ModelAdapter):
         if not pinpoints:
             return None
         height, width = (int(v) for v in torch.as_tensor(image_size).tolist()[:2])
-        tiles_h, tiles_w = get_anyres_image_grid_shape((height, width), pinpoints, int(self.config.vision_config.image_size))
+        tile = int(self.config.vision_config.image_size)
+        tiles_h, tiles_w = get_anyres_image_grid_shape((height, width), pinpoints, tile)
         canvas = torch.empty(1, tiles_h * side, tiles_w * side)
         rows, cols = unpad_image(canvas, torch.tensor([height, width])).shape[1:]
         max_tiles = _max_tiles(getattr(self.config, "vision_aspect_ratio", None))

@@ -33,7 +33,8 @@ from .engine import apply
 from .memory import memory_now
 from .schedule import DropSchedule
 
-__all__ = ["CheckResult", "run_checks", "main", "PHOTO", "TOLERANCE", "check_keep_all", "prompt_inputs", "lm_prefill_seconds"]
+__all__ = ["CheckResult", "run_checks", "main", "PHOTO", "TOLERANCE", "check_keep_all", "prompt_inputs",
+           "lm_prefill_seconds"]
 
 PHOTO = Path(__file__).parent / "data" / "photo.jpg"   # scikit-image's "astronaut" (NASA, public domain)
 #: largest logit difference allowed between keep-all and the unmodified model, per dtype

@@ -17,7 +17,8 @@ import torch
 import transformers
 from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
-__all__ = ["load_model", "load_processor", "has_video_processor", "pick_attention", "image_only_class"]
+__all__ = ["load_model", "load_processor", "cpu_dtype", "cpu_has_fast_bf16", "has_video_processor", "pick_attention",
+           "image_only_class"]
 
 
 def pick_attention(device: str | torch.device) -> str:
@@ -29,6 +30,29 @@ def pick_attention(device: str | torch.device) -> str:
         except ImportError:
             pass
     return "sdpa"
+
+
+def cpu_has_fast_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bfloat16 matrix products natively (AMX or AVX512-BF16 in its
+    flags, Linux); elsewhere bfloat16 is emulated and slower than float32."""
+    try:
+        with open(cpuinfo, encoding="utf-8") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def cpu_dtype(requested: str = "auto") -> torch.dtype:
+    """The dtype for a model on the CPU: ``"float32"``, ``"bfloat16"``, or ``"auto"`` (bfloat16
+    where :func:`cpu_has_fast_bf16`: on such a CPU it halves the weights' memory and, in
+    measurements here, cut LLaVA-OneVision-0.5B's prefill about threefold; float32 elsewhere)."""
+    choices = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+    if requested == "auto":
+        return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+    if requested not in choices:
+        raise ValueError(f"CPU dtype must be auto, float32 or bfloat16; got {requested!r}")
+    return choices[requested]
 
 
 def load_model(

@@ -88,8 +88,8 @@ def tokenizer(name: str) -> PreTrainedTokenizerFast:
         backend.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
                                                                special_tokens=[(bos, specials[bos])])
     named = {tok_spec.get("bos"), tok_spec["eos"], tok_spec["pad"], "<unk>"}
-    fast = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token=bos, eos_token=tok_spec["eos"],
-                                   pad_token=tok_spec["pad"], padding_side="left")
+    fast = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token=bos,
+                                   eos_token=tok_spec["eos"], pad_token=tok_spec["pad"], padding_side="left")
     fast.add_special_tokens({"additional_special_tokens": [t for t in specials if t not in named]})
     fast.chat_template = spec(name)["chat_template"]
     return fast
