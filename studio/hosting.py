@@ -166,7 +166,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("hosting (who may load what; safe defaults on a public host)")
     group.add_argument("--models", default=None, metavar="ID,ID,…",
                        help="models visitors may pick, comma-separated hub ids or operator folders "
-                            "(env V2DROP_MODELS; default: the four suggested hub models; the embedded model is "
+                            "(env V2DROP_MODELS; default: the five suggested hub models; the embedded model is "
                             "always listed)")
     group.add_argument("--allow-hub-ids", dest="allow_hub_ids", action=argparse.BooleanOptionalAction,
                        default=None, help="visitors may type other hub ids (env V2DROP_ALLOW_HUB_IDS; default: "

@@ -25,6 +25,7 @@ SUGGESTED_MODELS = [
     "Qwen/Qwen2-VL-2B-Instruct",
     "Qwen/Qwen2.5-VL-3B-Instruct",
     "llava-hf/llava-1.5-7b-hf",
+    "llava-hf/llava-v1.6-vicuna-7b-hf",   # LLaVA-NeXT-7B, the paper's NeXT model
 ]
 
 
