@@ -48,7 +48,7 @@ import torch
 
 from v2drop import compat
 from v2drop.adapters import adapter_class, decoder_depth
-from v2drop.memory import module_device, process_rss
+from v2drop.memory import module_device, peak_rss, process_rss, reset_peak_rss
 from v2drop.schedule import PRESETS, DropSchedule
 
 __all__ = ["main", "matched_schedule", "paper_schedules", "run_speed", "run_accuracy", "fastv_layer"]
@@ -107,26 +107,6 @@ def matched_schedule(method: str, reference: DropSchedule, num_layers: int, n: i
 
 
 # ----------------------------------------------------------------------------- measuring
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss() -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 class LLMTimer:
     """Wall and process-CPU time of every forward of the language model (prefill = the first of a
     generate). ``clock="cpu"`` reports CPU time: on a shared machine with one torch thread it
@@ -172,7 +152,7 @@ def run_once(model, inputs: dict, method: str, schedule: DropSchedule | None, ma
         before = torch.cuda.memory_allocated()
     else:
         before = process_rss() or 0
-        _reset_peak()
+        reset_peak_rss()
     timer = LLMTimer(model.model.language_model, cuda, clock)
     session = contextlib.nullcontext() if method == "none" else apply(model, schedule, method=method)
     try:
@@ -186,7 +166,7 @@ def run_once(model, inputs: dict, method: str, schedule: DropSchedule | None, ma
         total_cpu = time.process_time() - start_cpu
     finally:
         timer.remove()
-    peak = torch.cuda.max_memory_allocated() if cuda else _peak_rss()
+    peak = torch.cuda.max_memory_allocated() if cuda else peak_rss()
     kv = compat.kv_cache_bytes(getattr(out, "cache", None) or getattr(out, "past_key_values", None))
     del out
     trace = run.trace if run is not None else None

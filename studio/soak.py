@@ -18,16 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from studio.app_process import AppProcess
 from studio.sessions import folder_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,64 +45,22 @@ class Sample:
     seconds: float         # since the benchmark started
 
 
-class SoakApp:
-    """``python app.py`` in a subprocess with its own temp folders, for measuring it from outside."""
+class SoakApp(AppProcess):
+    """The app with its own temp folders, a short idle time and a small session cap, for measuring
+    it from outside."""
 
     def __init__(self, workdir: Path, ttl: float, max_sessions: int, frame_cache_mb: float = 64,
                  extra_env: dict[str, str] | None = None, timeout: float = 120.0) -> None:
         self.session_dir, self.upload_dir = workdir / "sessions", workdir / "gradio"
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-               "GRADIO_TEMP_DIR": str(self.upload_dir), "V2DROP_SESSION_DIR": str(self.session_dir),
+        env = {"GRADIO_TEMP_DIR": str(self.upload_dir), "V2DROP_SESSION_DIR": str(self.session_dir),
                "V2DROP_SESSION_TTL": str(ttl), "V2DROP_MAX_SESSIONS": str(max_sessions),
                "V2DROP_FRAME_CACHE_MB": str(frame_cache_mb), "V2DROP_MAX_NEW_TOKENS": "4", **(extra_env or {})}
-        self.log = open(workdir / "app.log", "w")
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port",
-                                      str(self.port), "--no-warm-up"], cwd=ROOT, env=env, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
-        self._wait(timeout)
-
-    def _wait(self, timeout: float) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"app.py exited with {self.proc.returncode}")
-            try:
-                with urllib.request.urlopen(self.url + "gradio_api/info", timeout=2) as reply:
-                    if reply.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"app.py did not start within {timeout} s")
-
-    def rss_mb(self) -> float:
-        """Resident memory of the app process (Linux /proc)."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        raise RuntimeError("VmRSS not found")
+        super().__init__(env, workdir / "app.log", timeout)
 
     def sample(self, sessions: int, start: float) -> Sample:
         folders = len([p for p in self.session_dir.iterdir()]) if self.session_dir.exists() else 0
         return Sample(sessions, round(self.rss_mb(), 1), round(folder_bytes(self.session_dir) / 2**20, 2), folders,
                       round(folder_bytes(self.upload_dir) / 2**20, 2), round(time.perf_counter() - start, 1))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_large_image(path: Path, size: tuple[int, int] = (1920, 1080)) -> Path:

@@ -7,7 +7,7 @@ import os
 
 import torch
 
-__all__ = ["module_device", "process_rss", "memory_now"]
+__all__ = ["module_device", "process_rss", "peak_rss", "reset_peak_rss", "memory_now"]
 
 
 def module_device(module: torch.nn.Module) -> torch.device:
@@ -25,6 +25,29 @@ def process_rss() -> int | None:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def peak_rss() -> int | None:
+    """Peak resident set size of this process (``VmHWM``) in bytes (Linux), or None where unreadable."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Start :func:`peak_rss` over from the current RSS (Linux ``/proc/self/clear_refs``); False
+    where that is not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def memory_now(device: torch.device) -> tuple[int | None, str]:
