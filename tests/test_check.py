@@ -52,3 +52,13 @@ def test_unsupported_model_exits_non_zero(tmp_path, capsys):
 def test_missing_model_exits_non_zero(tmp_path, capsys):
     assert check.main([str(tmp_path / "nothing-here")]) in (check.EXIT_LOAD, check.EXIT_UNSUPPORTED)
     assert capsys.readouterr().err.strip()
+
+
+def test_a_crashing_check_is_a_failed_row(saved, monkeypatch, capsys):
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("cache mismatch")
+
+    monkeypatch.setattr(check, "check_cache", broken)
+    code = check.main([str(saved["qwen2-vl-2b"]), "--device", "cpu", "--repeats", "1", "--max-new-tokens", "2"])
+    table = capsys.readouterr().out
+    assert code == check.EXIT_FAILED and "FAIL  KV cache = no cache" in table and "RuntimeError: cache mismatch" in table

@@ -201,12 +201,30 @@ def run_checks(model: torch.nn.Module, processor: Any, image: Image.Image, max_n
     schedule = schedule or DropSchedule.preset("llava-1.5-192").scaled_to(decoder_depth(model))
     batch = _cast_pixels(prompt_inputs(processor, image, QUESTIONS, device), model.dtype)
     singles = [_cast_pixels(prompt_inputs(processor, image, [q], device), model.dtype) for q in QUESTIONS]
-    layout, n_vision = check_layout(model, singles[0], schedule)
+    try:
+        layout, n_vision = check_layout(model, singles[0], schedule)
+    except Exception as err:  # noqa: BLE001 - an error is a failed check, reported in the table
+        layout, n_vision = _failed("vision tokens and layout", err), 0
     results = [layout,
-               check_keep_all(model, singles[0], max_new_tokens),
-               check_cache(model, singles[0], schedule, max_new_tokens),
-               check_batch(model, batch, singles, schedule, max_new_tokens)]
-    return results + report_speed(model, singles[0], schedule, n_vision, repeats)
+               _guarded("keep-all = unmodified model", lambda: check_keep_all(model, singles[0], max_new_tokens)),
+               _guarded("KV cache = no cache", lambda: check_cache(model, singles[0], schedule, max_new_tokens)),
+               _guarded("batch = one by one", lambda: check_batch(model, batch, singles, schedule, max_new_tokens))]
+    try:
+        return results + report_speed(model, singles[0], schedule, n_vision, repeats)
+    except Exception as err:  # noqa: BLE001
+        return results + [_failed("prefill speed-up", err)]
+
+
+def _failed(name: str, err: BaseException) -> CheckResult:
+    return CheckResult(name, "FAIL", f"raised {type(err).__name__}: {err}")
+
+
+def _guarded(name: str, check: Any) -> CheckResult:
+    """``check()``, or a FAIL row saying what it raised (a crash is a failed invariant too)."""
+    try:
+        return check()
+    except Exception as err:  # noqa: BLE001
+        return _failed(name, err)
 
 
 def format_table(model_name: str, results: Sequence[CheckResult]) -> str:

@@ -30,7 +30,7 @@ import transformers
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import AutoConfig, AutoModelForImageTextToText, PreTrainedTokenizerFast
 
-from v2drop.loading import has_torchvision, image_only_class
+from v2drop.loading import image_only_class
 
 __all__ = ["NAMES", "spec", "config", "tokenizer", "processor", "build", "save", "hub_ids"]
 
@@ -97,12 +97,13 @@ def tokenizer(name: str) -> PreTrainedTokenizerFast:
 
 def processor(name: str) -> Any:
     """The checkpoint's processor class with its real image-processor settings and the local
-    tokenizer (without a video processor when torchvision is missing, as ``load_processor``)."""
+    tokenizer. Video-capable classes get no video processor (``v2drop.video_inputs`` then builds
+    video inputs itself, with or without torchvision), so a fixture behaves the same everywhere."""
     proc = spec(name)["processor"]
     image_processor = getattr(transformers, proc["image_processor_class"])(**proc["image_processor"])
     cls = getattr(transformers, proc["processor_class"])
     kwargs = dict(proc.get("kwargs", {}))
-    if "video_processor" in cls.get_attributes() and not has_torchvision():
+    if "video_processor" in cls.get_attributes():
         cls, kwargs["video_processor"] = image_only_class(cls), None
     return cls(image_processor=image_processor, tokenizer=tokenizer(name), chat_template=spec(name)["chat_template"],
                **kwargs)
