@@ -31,6 +31,7 @@ from PIL import Image
 
 from benchmarks import checkpoints
 from v2drop.adapters import decoder_depth, get_adapter
+from v2drop.memory import peak_rss
 from v2drop.resolution import apply_cap
 from v2drop.schedule import DropSchedule
 
@@ -43,18 +44,6 @@ def photo(size: tuple[int, int] = (640, 480)) -> Image.Image:
     from skimage import data
 
     return Image.fromarray(data.coffee()).convert("RGB").resize(size, Image.Resampling.BICUBIC)
-
-
-def peak_rss() -> int | None:
-    """The process's peak resident set size (``VmHWM``) in bytes, or None off Linux."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def time_first_tokens(model: torch.nn.Module, processor: Any, image: Image.Image, schedule: DropSchedule) -> dict:
@@ -75,10 +64,11 @@ def time_first_tokens(model: torch.nn.Module, processor: Any, image: Image.Image
             "unpruned_first_token_cpu_s": cpu[0], "both_first_tokens_cpu_s": cpu[1]}
 
 
-def measure_model(name: str, cap: str, dtype: torch.dtype, repeats: int) -> dict:
-    """Build fixture ``name`` at real size, set ``cap``, and time ``repeats`` pairs after a warm-up."""
+def measure_model(name: str, cap: str, dtype: torch.dtype, repeats: int, size: str = "real") -> dict:
+    """Build fixture ``name`` (real size unless ``size="narrow"``, for tests), set ``cap``, and time
+    ``repeats`` pairs after a cold one."""
     t0 = time.perf_counter()
-    model, processor = checkpoints.build(name, size="real", dtype=dtype)
+    model, processor = checkpoints.build(name, size=size, dtype=dtype)
     build_s = time.perf_counter() - t0
     applied = apply_cap(model, processor, cap)
     image = photo()
