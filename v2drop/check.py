@@ -30,7 +30,7 @@ from PIL import Image
 
 from .adapters import UnsupportedModelError, adapter_class, decoder_depth, get_adapter, supported_architectures
 from .engine import apply
-from .memory import memory_now
+from .memory import memory_now, peak_rss, reset_peak_rss
 from .schedule import DropSchedule
 
 __all__ = ["CheckResult", "run_checks", "main", "PHOTO", "TOLERANCE", "check_keep_all", "prompt_inputs",
@@ -165,6 +165,23 @@ def lm_prefill_seconds(model: torch.nn.Module, inputs: dict, repeats: int) -> fl
     return statistics.median(times)
 
 
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        reset_peak_rss()
+
+
+def _peak(device: torch.device) -> tuple[int | None, str]:
+    """``(bytes, what)``: CUDA's peak allocation, or the process's peak RSS since the last reset
+    (the model included), or its current RSS where the peak cannot be reset."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device), "CUDA peak allocated"
+    if peak_rss() is not None:
+        return peak_rss(), "process peak RSS, model included"
+    return memory_now(device)[0], "process RSS after each run"
+
+
 def report_speed(model: torch.nn.Module, inputs: dict, schedule: DropSchedule, n_vision: int,
                  repeats: int) -> list[CheckResult]:
     """Measured LM prefill speed-up under ``schedule`` vs the FLOPs prediction; peak memory of each."""
@@ -176,18 +193,15 @@ def report_speed(model: torch.nn.Module, inputs: dict, schedule: DropSchedule, n
                                          int(text.hidden_size), int(text.intermediate_size), kv_hidden)
     peaks = {}
     lm_prefill_seconds(model, inputs, 1)  # warm-up
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    _reset_peak(device)
     full = lm_prefill_seconds(model, inputs, repeats)
-    peaks["unpruned"] = memory_now(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    peaks["unpruned"] = _peak(device)
+    _reset_peak(device)
     with apply(model, schedule):
         pruned = lm_prefill_seconds(model, inputs, repeats)
-    peaks["V²Drop"] = memory_now(device)
+    peaks["V²Drop"] = _peak(device)
     memory = "; ".join(f"{name} {value / 2**30:.2f} GiB" for name, (value, _) in peaks.items() if value is not None)
-    kind = {"process_rss": "process RSS after each run", "cuda_max_allocated": "CUDA peak allocated"}.get(
-        peaks["unpruned"][1], "unavailable")
+    kind = peaks["unpruned"][1] or "unavailable"
     return [CheckResult("prefill speed-up", "INFO",
                         f"LM prefill {full * 1000:.0f} ms → {pruned * 1000:.0f} ms: ×{full / pruned:.2f} measured, "
                         f"×{predicted:.2f} predicted by FLOPs ({schedule}, median of {repeats})"),
