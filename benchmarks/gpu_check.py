@@ -25,6 +25,7 @@ checkpoints (``benchmarks.checkpoints``) in bfloat16, initialised on the GPU:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import time
@@ -126,8 +127,9 @@ def _forward(model: torch.nn.Module, inputs: dict) -> Callable[[], Any]:
     return run
 
 
-def _free(*objects: Any) -> None:
-    del objects
+def _release() -> None:
+    """Give the memory of the models the caller has just deleted back (before the next one loads)."""
+    gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
@@ -155,7 +157,8 @@ def section_exact(settings: Settings) -> list[dict]:
         result = check_keep_all(model, inputs, settings.new_tokens)
         rows.append({"section": "exact", "model": "llava-onevision-0.5b", "config": attn, "status": result.status,
                      "vision_tokens": _vision_count(model, inputs), "detail": result.detail})
-        _free(model)
+        del model, inputs
+        _release()
     if "flash_attention_2" not in kernels:
         rows.append({"section": "exact", "model": "llava-onevision-0.5b", "config": "flash_attention_2",
                      "status": "SKIP", "detail": "flash-attn is not installed" if settings.device == "cuda" else "CPU"})
@@ -180,7 +183,8 @@ def section_memory(settings: Settings) -> list[dict]:
                 peak = _peak_above(_forward(model, inputs), settings)
         rows.append({"section": "memory", "model": "llava-onevision-0.5b", "config": method, "vision_tokens": n,
                      "schedule": str(schedule or ""), "peak_bytes": peak})
-    _free(model)
+    del model, inputs
+    _release()
     return rows
 
 
@@ -204,7 +208,8 @@ def section_latency(settings: Settings) -> list[dict]:
                          "average_kept": schedule.average_kept(depth, n) if schedule else n,
                          "schedule": str(schedule or ""), "prefill_s": prefill, "end_to_end_s": end_to_end,
                          "new_tokens": settings.new_tokens})
-        _free(model)
+        del model, inputs
+        _release()
     return rows
 
 
@@ -227,7 +232,8 @@ def section_video(settings: Settings) -> list[dict]:
             prefill = lm_prefill_seconds(model, inputs, settings.repeats)
         rows.append({"section": "video", "model": "llava-onevision-0.5b", "config": label, "frames": settings.frames,
                      "vision_tokens": n, "schedule": str(schedule or ""), "prefill_s": prefill, "peak_bytes": peak})
-    _free(model)
+    del model, inputs
+    _release()
     return rows
 
 
