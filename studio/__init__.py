@@ -1,2 +1,16 @@
-"""The app's model-side logic: safe inputs, the interleaved unpruned / V²Drop chat loop, the model registry,
-and the app latency benchmark. Imports the ``v2drop`` library; knows nothing of Gradio."""
+"""The app's back end, beside ``app.py`` (the page's layout and wiring).
+
+Model side (no Gradio; usable from a notebook):
+
+- :mod:`studio.inputs`: safe image and question input, multi-turn chat inputs, path-free messages;
+- :mod:`studio.videos`: video uploads within the app's limits, video chat inputs;
+- :mod:`studio.pair`: :func:`~studio.pair.stream_pair`, the interleaved unpruned / V²Drop answer;
+- :mod:`studio.schedules`: presets for a model and a schedule's predicted budget;
+- :mod:`studio.registry`: :class:`~studio.registry.ModelRegistry`, the one lock-protected model loader.
+
+Hosting (what makes a public server safe): :mod:`studio.hosting` (the operator's launch policy),
+:mod:`studio.sessions` (per-session folders, frame cache, clean-up), :mod:`studio.image_cap`.
+The page's handlers and views (:mod:`studio.handlers`, :mod:`studio.views`, :mod:`studio.state`) are
+the only modules that speak Gradio. Benchmarks of the app: :mod:`studio.perf` (latency) and
+:mod:`studio.soak` (memory and disk over many sessions), both through :mod:`studio.app_process`.
+"""

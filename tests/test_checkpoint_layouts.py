@@ -14,7 +14,7 @@ from transformers.image_processing_utils import select_best_resolution
 
 from benchmarks import checkpoints
 from patch_probe import NEWLINE_VALUE, install_probe, vision_embeddings
-from studio.chat import build_inputs, image_region
+from studio.inputs import build_inputs, image_region
 from v2drop import get_adapter
 from v2drop.resolution import apply_cap, pick_cap
 from visualize.overlay import patch_boxes
