@@ -11,6 +11,7 @@ Model side (no Gradio; usable from a notebook):
 Hosting (what makes a public server safe): :mod:`studio.hosting` (the operator's launch policy),
 :mod:`studio.sessions` (per-session folders, frame cache, clean-up), :mod:`studio.image_cap`.
 The page's handlers and views (:mod:`studio.handlers`, :mod:`studio.views`, :mod:`studio.state`) are
-the only modules that speak Gradio. Benchmarks of the app: :mod:`studio.perf` (latency) and
-:mod:`studio.soak` (memory and disk over many sessions), both through :mod:`studio.app_process`.
+the only modules that handle the page. The app's benchmarks drive it through ``gradio_client``:
+:mod:`studio.perf` (latency) and :mod:`studio.soak` (memory and disk over many sessions, on a
+server started by :mod:`studio.app_process`).
 """
