@@ -15,7 +15,7 @@ from shapes.model import build_model, build_processor
 from v2drop import DropSchedule
 from v2drop.lmms.inputs import image_batch, strip_placeholders
 from v2drop.lmms.requests import batches, generation_kwargs, parse_schedule, truncate
-from v2drop.lmms.stats import RunStats
+from v2drop.lmms.stats import EvalStats
 
 
 def _request(task="t", gen=None, padding=False, doc_id=0):
@@ -90,7 +90,7 @@ def test_run_stats_from_a_real_trace_match_the_schedule():
     schedule = DropSchedule.parse("2:0.5,4:0.5,6:0")
     with v2drop.apply(model, schedule) as session, torch.no_grad():
         model.generate(**inputs, max_new_tokens=2, do_sample=False, pad_token_id=proc.tokenizer.pad_token_id)
-    stats = RunStats()
+    stats = EvalStats()
     stats.add(session.trace, [True, True, False], generate_seconds=1.5, generated_tokens=4)
     metrics = stats.metrics()
     assert metrics["samples"] == 2 and metrics["vision_tokens"] == 256
@@ -99,9 +99,9 @@ def test_run_stats_from_a_real_trace_match_the_schedule():
     assert metrics["prefill_seconds_total"] == pytest.approx(session.trace.prefill_seconds)
     assert metrics["peak_memory_mb"] > 0
 
-    other = RunStats(samples=2, vision_tokens=512, vision_tokens_kept=512.0, prefill_seconds=1.0,
+    other = EvalStats(samples=2, vision_tokens=512, vision_tokens_kept=512.0, prefill_seconds=1.0,
                      peak_memory_bytes=10 ** 12, memory_kind="cuda_max_allocated")
-    total = RunStats.merged([stats, other]).metrics()
+    total = EvalStats.merged([stats, other]).metrics()
     assert total["samples"] == 4 and total["processes"] == 2
     assert total["vision_tokens_kept"] == pytest.approx((2 * 112 + 512) / 4)
     assert total["peak_memory_mb"] == pytest.approx(10 ** 12 / 2 ** 20)

@@ -179,7 +179,6 @@ class LlavaNextAdapter(ModelAdapter):
             image_counter += 1
         return PatchLayout(cells, grids, kinds)
 
-
     def _crop_grid(self, image_size: Any, side: int) -> tuple[int, int] | None:
         """Rows/cols of the crop grid of an image of ``image_size`` (height, width), as the model
         builds it: the best pinpoint's tile grid, un-padded to the image's aspect ratio, then (for
@@ -207,7 +206,6 @@ class LlavaNextAdapter(ModelAdapter):
         size = int(self.config.vision_config.image_size)
         pinpoints = getattr(self.config, "image_grid_pinpoints", None) or []
         return [(int(h) // size * side, int(w) // size * side) for h, w in pinpoints]
-
 
     def base_resolution(self, processor: Any) -> "ResolutionCap":
         """One anyres canvas, the size of the base tile: the base grid plus one crop grid."""

@@ -41,7 +41,7 @@ from ..scoring import available_methods, get_method
 from ..video_inputs import prepare_video
 from .inputs import chat_text, image_batch, is_video, strip_placeholders
 from .requests import Batch, batches, generation_kwargs, parse_schedule, truncate
-from .stats import RunStats
+from .stats import EvalStats
 
 __all__ = ["V2DropLMM"]
 
@@ -124,7 +124,7 @@ class V2DropLMM(lmms):
         generation settings run as one batch; videos, and images whose vision-token counts
         differ (v2drop keeps the same count per row), run one by one."""
         answers = [""] * len(requests)
-        stats = RunStats()
+        stats = EvalStats()
         groups = batches(requests, self.batch_size)
         for batch in tqdm(groups, disable=self.rank != 0, desc="v2drop responding"):
             for index, text in zip(batch.indices, self._generate(batch, stats)):
@@ -135,7 +135,7 @@ class V2DropLMM(lmms):
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
         """``(log p(continuation | context), continuation is the greedy one)`` per request, with the
         vision tokens dropped in the one forward pass over context + continuation."""
-        stats = RunStats()
+        stats = EvalStats()
         results = [self._loglikelihood(request, stats)
                    for request in tqdm(requests, disable=self.rank != 0, desc="v2drop loglikelihood")]
         self._report(stats, "loglikelihood")
@@ -145,7 +145,7 @@ class V2DropLMM(lmms):
         raise NotImplementedError("the v2drop model answers single-round tasks (generate_until, loglikelihood)")
 
     # ------------------------------------------------------------------ one batch
-    def _generate(self, batch: Batch, stats: RunStats) -> list[str]:
+    def _generate(self, batch: Batch, stats: EvalStats) -> list[str]:
         visuals = [self._visuals(request) for request in batch.requests]
         has_video = any(is_video(v) for vs in visuals for v in vs)
         if len(batch.requests) > 1 and has_video:  # videos run one by one
@@ -164,7 +164,7 @@ class V2DropLMM(lmms):
         stats.add(session.trace, batch.real, elapsed, self._count_new(new, batch.real))
         return texts
 
-    def _loglikelihood(self, request: Instance, stats: RunStats) -> tuple[float, bool]:
+    def _loglikelihood(self, request: Instance, stats: EvalStats) -> tuple[float, bool]:
         context, target, doc_to_visual, doc_id, task, split = request.args
         doc = self.task_dict[task][split][doc_id]
         continuation = target if isinstance(target, str) else target(doc)
@@ -228,12 +228,12 @@ class V2DropLMM(lmms):
         tokens = torch.ones_like(new, dtype=torch.bool) if pad is None else new.ne(pad)   # (B, new)
         return sum(int(tokens[b].sum()) for b, is_real in enumerate(real) if is_real)
 
-    def _report(self, stats: RunStats, kind: str) -> None:
+    def _report(self, stats: EvalStats, kind: str) -> None:
         """Hand the run's statistics, summed over all processes, to lmms-eval's ``log_metrics``."""
         if stats.samples == 0 and self._world_size == 1:
             return
         eval_logger.info(f"v2drop {kind}, process {self._rank}: {stats.metrics()}")
-        total = RunStats.merged(_gather(stats, self._world_size))
+        total = EvalStats.merged(_gather(stats, self._world_size))
         metrics = total.metrics()
         seconds = total.generate_seconds
         log_metrics(total_elapsed_time=seconds, total_gen_tokens=total.generated_tokens,
@@ -261,7 +261,7 @@ def _pick_device(device: str | None, accelerator: Accelerator, world_size: int) 
     return accelerator.device if device is None else torch.device(device)
 
 
-def _gather(stats: RunStats, world_size: int) -> list[RunStats]:
+def _gather(stats: EvalStats, world_size: int) -> list[EvalStats]:
     """Every process's statistics (collective: all processes call it at the same point)."""
     if world_size == 1 or not (dist.is_available() and dist.is_initialized()):
         return [stats]

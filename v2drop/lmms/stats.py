@@ -1,7 +1,7 @@
 """What an lmms-eval run under v2drop reports: vision tokens kept, prefill time, peak memory.
 
-Every batch the model runs leaves a :class:`v2drop.Trace`. :class:`RunStats` sums what the paper's
-efficiency table needs over the batches of one process; :meth:`RunStats.merged` adds the
+Every batch the model runs leaves a :class:`v2drop.Trace`. :class:`EvalStats` sums what the paper's
+efficiency table needs over the batches of one process; :meth:`EvalStats.merged` adds the
 processes of a data-parallel run together, so that the figures lmms-eval writes cover the
 whole benchmark rather than rank 0's share of it. Plain Python, no torch and no lmms-eval.
 """
@@ -13,13 +13,13 @@ from typing import Iterable, Sequence
 
 from ..trace import Trace
 
-__all__ = ["RunStats"]
+__all__ = ["EvalStats"]
 
 _MB = 2 ** 20
 
 
 @dataclass
-class RunStats:
+class EvalStats:
     """Sums over the samples (and batches) that one or more processes ran."""
 
     samples: int = 0                  # real samples, padding requests excluded
@@ -50,7 +50,7 @@ class RunStats:
             self.memory_kind = trace.memory_kind
 
     @classmethod
-    def merged(cls, parts: Iterable["RunStats"]) -> "RunStats":
+    def merged(cls, parts: Iterable["EvalStats"]) -> "EvalStats":
         """One process's view of a data-parallel run: sums of counts and times, the largest peak."""
         parts = list(parts)
         total = cls(processes=len(parts))
