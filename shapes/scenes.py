@@ -100,6 +100,9 @@ class Obj:
     y: float
     r: float
     glyph: str = ""  # digit or letter drawn on the object ("" = none)
+    rot: float = 0.0  # rotation of a triangle or star in radians (set when the scene is drawn)
+    sx: float = 1.0  # horizontal / vertical stretch of the object in the model's square 128x128 input:
+    sy: float = 1.0  # a round object on a non-square picture becomes an ellipse (``shapes.drawn``)
 
 
 @dataclass
@@ -222,8 +225,8 @@ def render(objects, rng: np.random.Generator) -> Image.Image:
             d.ellipse(box, fill=col)
             dm.ellipse(box, fill=255)
         else:
-            rot = float(rng.uniform(-0.25, 0.25)) if o.shape != "square" else 0.0
-            poly = _polygon(o.shape, x, y, r, rot)
+            o.rot = float(rng.uniform(-0.25, 0.25)) if o.shape != "square" else 0.0
+            poly = _polygon(o.shape, x, y, r, o.rot)
             d.polygon(poly, fill=col)
             dm.polygon(poly, fill=255)
         if o.glyph:
@@ -242,19 +245,20 @@ def _radius(rng):
     return float(rng.uniform(lo, hi))
 
 
-def _place(rng, specs, constraints=None):
+def _place(rng, specs, constraints=None, reach: float = 1.0):
     """Place (shape, color) specs without overlap. ``constraints[i]`` optionally
-    restricts object i's centre (a callable (x, y) -> bool). Returns list[Obj] or None."""
+    restricts object i's centre (a callable (x, y) -> bool); ``reach`` (>= 1) is how far a
+    stretched object reaches beyond its radius (``Style.reach``). Returns list[Obj] or None."""
     objs = []
     for i, (shape, color) in enumerate(specs):
         ok = False
         for _ in range(200):
             r = _radius(rng)
-            x = float(rng.uniform(r + 1, IMAGE_SIZE - r - 1))
-            y = float(rng.uniform(r + 1, IMAGE_SIZE - r - 1))
+            x = float(rng.uniform(r * reach + 1, IMAGE_SIZE - r * reach - 1))
+            y = float(rng.uniform(r * reach + 1, IMAGE_SIZE - r * reach - 1))
             if constraints and constraints.get(i) and not constraints[i](x, y):
                 continue
-            if all(math.hypot(x - o.x, y - o.y) > r + o.r + 3 for o in objs):
+            if all(math.hypot(x - o.x, y - o.y) > (r + o.r) * reach + 3 for o in objs):
                 ok = True
                 break
         if not ok:
@@ -370,19 +374,38 @@ def derived_questions(objects, rng):
     return qs
 
 
+def caption(objects) -> str:
+    """The dense caption of a scene, in reading order (top band first, left to right):
+    "a large red circle at the top left , a small blue star at the bottom right ."
+    Quadrants split at the midlines; used for projector alignment and the text corpus."""
+    half = IMAGE_SIZE / 2
+    parts = []
+    for o in sorted(objects, key=lambda o: (int(o.y // (IMAGE_SIZE / 4)), o.x)):
+        size = "large" if o.r >= LARGE_R[0] else "small"
+        where = f"{'top' if o.y < half else 'bottom'} {'left' if o.x < half else 'right'}"
+        parts.append(f"{_article(size)} {size} {o.color} {o.shape} at the {where}")
+    return " , ".join(parts) + " ."
+
+
 def make_sample(rng: np.random.Generator, qtype: str, n_extra: int = 0, balance: int | None = None,
-                max_others: int | None = None) -> Sample:
+                max_others: int | None = None, style=None) -> Sample:
     """One scene built for a primary question of ``qtype`` (+ ``n_extra`` derived questions).
-    ``balance`` (an int) cycles the count answer / the exist yes-no answer deterministically."""
+    ``balance`` (an int) cycles the count answer / the exist yes-no answer deterministically.
+    ``style``: ``None`` draws the generator's own scenes (muted backgrounds, glyphs, 128x128);
+    a ``shapes.drawn.Style`` draws the same layout the way a person would in a paint program."""
+    reach = 1.0 if style is None else style.reach
     while True:
         specs, cons, q, a = _scene_for(rng, qtype, balance, max_others)
-        objs = _place(rng, specs, cons)
+        objs = _place(rng, specs, cons, reach)
         if objs is not None:
             break
     order = rng.permutation(len(objs))  # draw order / list order carries no information
     objs = [objs[i] for i in order]
-    assign_glyphs(objs, rng.spawn(1)[0])  # a child stream: ``rng``'s own draws stay as they were
-    img = render(objs, rng)
+    if style is None:
+        assign_glyphs(objs, rng.spawn(1)[0])  # a child stream: ``rng``'s own draws stay as they were
+        img = render(objs, rng)
+    else:
+        img = style.render(objs, rng)
     extra = []
     if n_extra > 0:
         cands = [x for x in derived_questions(objs, rng) if x[0] != q]
@@ -392,14 +415,15 @@ def make_sample(rng: np.random.Generator, qtype: str, n_extra: int = 0, balance:
 
 
 def sample(seed: int, index: int, qtype: str | None = None, n_extra: int = 0, balanced: bool = True,
-           max_others: int | None = None) -> Sample:
+           max_others: int | None = None, style=None) -> Sample:
     """The ``index``-th sample of the stream ``seed``.  Types go round-robin unless given;
-    with ``balanced`` the count answers cycle 1-4 and exist answers alternate yes/no."""
+    with ``balanced`` the count answers cycle 1-4 and exist answers alternate yes/no.
+    ``style``: see ``make_sample``."""
     rng = np.random.default_rng([int(seed), int(index)])
     if qtype is None:
         qtype = QTYPES[index % len(QTYPES)]
     balance = index // len(QTYPES) if balanced else None
-    return make_sample(rng, qtype, n_extra=n_extra, balance=balance, max_others=max_others)
+    return make_sample(rng, qtype, n_extra=n_extra, balance=balance, max_others=max_others, style=style)
 
 
 def benchmark(n: int = 1200, seed: int = BENCHMARK_SEED) -> list[Sample]:

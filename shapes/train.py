@@ -62,6 +62,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.hooks import RemovableHandle
 
 from . import scenes
@@ -88,7 +89,7 @@ def patch_labels(objects):
     xx, yy = np.meshgrid(PATCH_CENTRES, PATCH_CENTRES)  # row-major like the patch sequence
     xx, yy = xx.ravel(), yy.ravel()
     for o in objects:
-        dx, dy = xx - o.x, yy - o.y
+        dx, dy = (xx - o.x) / o.sx, (yy - o.y) / o.sy  # a drawn picture's objects may be stretched
         if o.shape == "circle":
             inside = np.hypot(dx, dy) < 0.92 * o.r
         elif o.shape == "square":
@@ -185,8 +186,12 @@ def batch_patch_labels(samples, device):
 
 
 def pixel_values_from_images(images) -> torch.Tensor:
-    """Same normalisation as the shipped SigLIP image processor (128x128, mean=std=0.5)."""
-    arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])
+    """Same resize and normalisation as the shipped SigLIP image processor (bicubic to 128x128,
+    mean=std=0.5): drawn pictures (``shapes.drawn``) come in any size."""
+    size = (scenes.IMAGE_SIZE, scenes.IMAGE_SIZE)
+    images = [im.convert("RGB") for im in images]
+    images = [im if im.size == size else im.resize(size, Image.BICUBIC) for im in images]
+    arr = np.stack([np.asarray(im, dtype=np.float32) for im in images])
     arr = (arr / 255.0 - 0.5) / 0.5
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
 

@@ -1,0 +1,321 @@
+"""Train a Shapes model the way real LVLMs are trained: ``python -m shapes.pipeline``.
+
+``shapes.train`` wires its model with training aids that real LVLMs never get (attention
+losses on chosen heads, read-out probes).  This recipe has none in the language-model
+stages; it follows the LLaVA pipeline, scaled down:
+
+1. ``vision``: the vision tower is pretrained on its own, as CLIP/SigLIP towers are, on dense
+   patch labels (shape, colour, object centre, row and column of every patch) through a
+   throw-away linear probe with its own label vectors.  It never sees the language model.
+2. ``text``: the language model is pretrained on text alone, in the generator's language:
+   a scene's dense caption followed by questions about it and their answers
+   ("a large red circle at the top left , ... . how many circles are there ? one . ...").
+   Plain next-token loss on every token.
+3. ``align``: projector alignment.  Vision tower and language model frozen, the projector
+   learns to turn patches into what the language model reads, from dense captions
+   ("<image> describe the image ." -> the caption).
+4. ``instruct``: instruction tuning on multi-turn question/answer chats (1-10 turns per
+   scene, loss on the answers and their end token); projector and language model train,
+   the vision tower stays frozen (as in LLaVA-1.5).
+
+Every stage draws a ``--drawn-share`` of its scenes the way people draw them
+(``shapes.drawn``: flat canvases, paint colours, any aspect ratio, with or without
+anti-aliasing).  Resumable (``--resume``) at any step of any stage from ``--ckpt-dir``;
+uses CUDA when present.  The result is a stock ``LlavaForConditionalGeneration``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import drawn, scenes
+from .model import build_model, build_processor
+from .train import (VAL_SEED, AuxHead, Encoder, batch_patch_labels, curriculum_cap, init_position_embeddings,
+                    lr_at, make_batch, param_groups, pixel_values_from_images, quick_val)
+
+STAGES = ("vision", "text", "align", "instruct")
+STREAM_OFFSETS = {"vision": 100_000, "text": 200_000, "align": 300_000, "instruct": 0}  # + --data-seed
+DESCRIBE = "describe the image ."
+DEFAULT_CKPT_DIR = os.path.join("ckpt", "pipeline")
+
+
+@dataclass
+class Stage:
+    """One stage's schedule: steps, scenes per step, peak learning rate, warm-up steps."""
+
+    name: str
+    steps: int
+    batch_size: int
+    lr: float
+    warmup: int
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=os.path.join(DEFAULT_CKPT_DIR, "model"), help="where the model is saved")
+    ap.add_argument("--ckpt-dir", default=os.environ.get("SHAPES_PIPELINE_CKPT_DIR", DEFAULT_CKPT_DIR))
+    ap.add_argument("--resume", action="store_true", help="continue from --ckpt-dir/state.pt")
+    for name, steps, batch, lr, warmup in (("vision", 2000, 32, 2e-3, 50), ("text", 600, 32, 1.5e-3, 50),
+                                           ("align", 400, 16, 2e-3, 30), ("instruct", 2000, 16, 1e-3, 100)):
+        ap.add_argument(f"--{name}-steps", type=int, default=steps)
+        ap.add_argument(f"--{name}-batch-size", type=int, default=batch)
+        ap.add_argument(f"--{name}-lr", type=float, default=lr)
+        ap.add_argument(f"--{name}-warmup", type=int, default=warmup)
+    ap.add_argument("--max-turns", type=int, default=10, help="question/answer turns per instruction chat")
+    ap.add_argument("--curriculum", type=float, default=0.5,
+                    help="instruct: share of the steps during which the objects besides the asked ones are capped")
+    ap.add_argument("--drawn-share", type=float, default=0.5, help="share of scenes drawn as in a paint program")
+    ap.add_argument("--pos-init", type=float, default=0.3, help="2-D sine-cosine init scale of the vision positions")
+    ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--seed", type=int, default=0, help="model init seed")
+    ap.add_argument("--data-seed", type=int, default=scenes.TRAIN_SEED)
+    ap.add_argument("--ckpt-minutes", type=float, default=4.0)
+    ap.add_argument("--log-every", type=int, default=50)
+    ap.add_argument("--val-every", type=int, default=250, help="instruct: validation every this many steps")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("SHAPES_THREADS", "2")))
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return ap
+
+
+def stages_from(args: argparse.Namespace) -> list[Stage]:
+    return [Stage(n, getattr(args, f"{n}_steps"), getattr(args, f"{n}_batch_size"), getattr(args, f"{n}_lr"),
+                  getattr(args, f"{n}_warmup")) for n in STAGES]
+
+
+class Pipeline:
+    """The model, the vision probe and what each stage trains; ``batch_loss`` per stage."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device):
+        self.args, self.device = args, device
+        self.processor = build_processor()
+        self.encoder = Encoder(self.processor.tokenizer)
+        self.model = build_model(seed=args.seed, tokenizer=self.processor.tokenizer).to(device)
+        torch.manual_seed(args.seed + 1)
+        if args.pos_init > 0:
+            init_position_embeddings(self.model, args.pos_init)
+        width = self.model.config.vision_config.hidden_size
+        n_shape, n_colour = len(scenes.SHAPES), len(scenes.COLOR_NAMES)
+        self.label_vectors = torch.nn.Embedding(n_shape + n_colour, width).to(device)
+        torch.nn.init.normal_(self.label_vectors.weight, std=0.02)  # as the decoder's own embeddings start
+        self.probe = AuxHead(width, self.label_vectors, list(range(n_shape)),
+                             list(range(n_shape, n_shape + n_colour))).to(device)
+
+    def trained_parameters(self, stage: str) -> list[torch.nn.Parameter]:
+        """What ``stage`` trains; everything else is frozen for it."""
+        m = self.model.model
+        if stage == "vision":
+            return (list(m.vision_tower.parameters()) + list(self.probe.parameters())
+                    + list(self.label_vectors.parameters()))
+        if stage == "text":
+            return list(m.language_model.parameters())  # the output head is tied to the input embeddings
+        if stage == "align":
+            return list(m.multi_modal_projector.parameters())
+        return list(m.multi_modal_projector.parameters()) + list(m.language_model.parameters())
+
+    def freeze_all_but(self, params: list[torch.nn.Parameter]) -> None:
+        keep = {id(p) for p in params}
+        for p in list(self.model.parameters()) + list(self.probe.parameters()) + list(self.label_vectors.parameters()):
+            p.requires_grad_(id(p) in keep)
+
+    def scenes_for(self, stage: str, step: int, batch_size: int, **kwargs) -> list[scenes.Sample]:
+        seed = self.args.data_seed + STREAM_OFFSETS[stage]
+        share = 0.0 if stage == "text" else self.args.drawn_share  # text needs no picture
+        return [drawn.training_sample(seed, step * batch_size + j, share, balanced=False, **kwargs)
+                for j in range(batch_size)]
+
+    def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(batch, 256, width): the tower's output the LLaVA projector reads (``vision_feature_layer=-1``)."""
+        out = self.model.model.vision_tower(pixel_values.to(self.device), output_hidden_states=True)
+        return out.hidden_states[-1]
+
+    def batch_loss(self, stage: str, step: int, batch_size: int) -> torch.Tensor:
+        return {"vision": self.vision_loss, "text": self.text_loss, "align": self.align_loss,
+                "instruct": self.instruct_loss}[stage](step, batch_size)
+
+    def vision_loss(self, step: int, batch_size: int) -> torch.Tensor:
+        samples = self.scenes_for("vision", step, batch_size)
+        feats = self.vision_features(pixel_values_from_images([s.image for s in samples]))
+        return self.probe.loss(feats, batch_patch_labels(samples, self.device))
+
+    def text_loss(self, step: int, batch_size: int) -> torch.Tensor:
+        samples = self.scenes_for("text", step, batch_size, n_extra=self.args.max_turns)
+        rows = [[self.encoder.bos] + self.encoder.words(text_document(s)) + [self.encoder.tok.eos_token_id]
+                for s in samples]
+        ids, attention = pad(rows, self.encoder.pad)
+        labels = ids.masked_fill(attention == 0, -100)
+        lm = self.model.model.language_model
+        hidden = lm(input_ids=ids.to(self.device), attention_mask=attention.to(self.device)).last_hidden_state
+        logits = self.model.lm_head(hidden)
+        return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten().to(self.device),
+                                                 ignore_index=-100)
+
+    def align_loss(self, step: int, batch_size: int) -> torch.Tensor:
+        samples = self.scenes_for("align", step, batch_size)
+        for s in samples:
+            s.question, s.answer, s.extra = DESCRIBE, scenes.caption(s.objects), []
+        return self.chat_loss(samples)
+
+    def instruct_loss(self, step: int, batch_size: int) -> torch.Tensor:
+        cap = curriculum_cap(step, self.args.instruct_steps, self.args.curriculum)
+        samples = []
+        for j in range(batch_size):
+            index = step * batch_size + j
+            turns = int(np.random.default_rng([self.args.data_seed, index]).integers(0, self.args.max_turns))
+            samples.append(drawn.training_sample(self.args.data_seed, index, self.args.drawn_share, n_extra=turns,
+                                                 max_others=cap))
+        return self.chat_loss(samples)
+
+    def chat_loss(self, samples: list[scenes.Sample]) -> torch.Tensor:
+        batch, _ = make_batch(self.encoder, samples, self.args.max_turns)
+        return self.model(**{k: v.to(self.device) for k, v in batch.items()}).loss
+
+
+def text_document(sample: scenes.Sample) -> str:
+    """A text-only training document: the scene's caption, then its questions with their answers."""
+    turns = [(sample.question, sample.answer)] + [(q, a) for q, a, _ in sample.extra]
+    return scenes.caption(sample.objects) + " " + " ".join(f"{q} {a} ." for q, a in turns)
+
+
+def pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (ids, attention mask) of token rows."""
+    length = max(len(r) for r in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        attention[i, : len(r)] = 1
+    return ids, attention
+
+
+class Progress:
+    """Checkpoints (``state.pt``: the stage, its next step, every weight and the optimiser) and
+    the per-stage wall minutes, which survive a ``--resume``."""
+
+    def __init__(self, pipe: Pipeline, ckpt_dir: str, every_minutes: float):
+        self.pipe, self.path, self.every = pipe, os.path.join(ckpt_dir, "state.pt"), every_minutes * 60
+        os.makedirs(ckpt_dir, exist_ok=True)
+        self.stage, self.step, self.minutes, self.saved_at = STAGES[0], 0, {}, time.time()
+        self.optimizer_state: dict | None = None
+
+    def restore(self) -> None:
+        ck = torch.load(self.path, map_location=self.pipe.device, weights_only=False)
+        self.pipe.model.load_state_dict(ck["model"])
+        self.pipe.probe.load_state_dict(ck["probe"])
+        self.pipe.label_vectors.load_state_dict(ck["label_vectors"])
+        self.stage, self.step, self.minutes = ck["stage"], ck["step"], ck["minutes"]
+        self.optimizer_state = ck["opt"]
+        print(f"resumed at {self.stage} step {self.step}", flush=True)
+
+    def save(self, stage: str, step: int, optimizer: torch.optim.Optimizer, force: bool = False) -> None:
+        if not force and time.time() - self.saved_at < self.every:
+            return
+        p = self.pipe
+        torch.save({"stage": stage, "step": step, "minutes": self.minutes, "model": p.model.state_dict(),
+                    "probe": p.probe.state_dict(), "label_vectors": p.label_vectors.state_dict(),
+                    "opt": optimizer.state_dict()}, self.path + ".tmp")
+        os.replace(self.path + ".tmp", self.path)
+        self.saved_at = time.time()
+
+    def start_of(self, stage: str) -> int | None:
+        """The first step of ``stage`` still to run, or ``None`` when it is already done."""
+        done, current = STAGES.index(stage), STAGES.index(self.stage)
+        return None if done < current else (self.step if done == current else 0)
+
+
+def stage_report(pipe: Pipeline, stage: str) -> str:
+    """What a stage's log line adds to its loss: the vision probe's held-out object-shape accuracy
+    (generator and drawn scenes) or, in the chat stages, teacher-forced answer accuracy."""
+    if stage == "vision":
+        parts = []
+        for name, held_out in (("generator", [scenes.sample(VAL_SEED + 1, i, balanced=False) for i in range(64)]),
+                               ("drawn", drawn.benchmark(64, seed=VAL_SEED + 2))):
+            with torch.no_grad():
+                feats = pipe.vision_features(pixel_values_from_images([s.image for s in held_out]))
+            parts.append(f"{name} {pipe.probe.object_shape_accuracy(feats, held_out):.3f}")
+        return "object shape acc " + " ".join(parts)
+    if stage == "instruct":
+        report = []
+        for name, val in (("val", [scenes.sample(VAL_SEED, i) for i in range(128)]),
+                          ("drawn", drawn.benchmark(128, seed=VAL_SEED + 2))):
+            acc = quick_val(pipe.model, pipe.encoder, val, pipe.device)
+            report.append(f"{name} " + " ".join(f"{k}={v:.3f}" for k, v in acc.items()))
+        return " | ".join(report)
+    return ""
+
+
+def run_stage(pipe: Pipeline, stage: Stage, progress: Progress) -> None:
+    """Train ``stage`` from where ``progress`` says, logging and checkpointing as it goes."""
+    start = progress.start_of(stage.name)
+    if start is None or start >= stage.steps:
+        return
+    params = pipe.trained_parameters(stage.name)
+    pipe.freeze_all_but(params)
+    opt = torch.optim.AdamW(param_groups(params, pipe.args.weight_decay), lr=stage.lr, betas=(0.9, 0.98))
+    if start > 0 and progress.optimizer_state is not None:
+        opt.load_state_dict(progress.optimizer_state)
+    pipe.model.train()
+    t0, ema = time.time(), None
+    already = progress.minutes.get(stage.name, 0.0)
+    print(f"stage {stage.name}: steps {start}..{stage.steps}, batch {stage.batch_size}, lr {stage.lr}", flush=True)
+    for step in range(start, stage.steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, stage.steps, stage.lr, stage.warmup)
+        loss = pipe.batch_loss(stage.name, step, stage.batch_size)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+        progress.minutes[stage.name] = already + (time.time() - t0) / 60
+        last = step + 1 == stage.steps
+        every = pipe.args.val_every if stage.name == "instruct" else pipe.args.log_every * 4
+        if (step + 1) % pipe.args.log_every == 0 or last:
+            extra = stage_report(pipe, stage.name) if (step + 1) % every == 0 or last else ""
+            pipe.model.train()
+            print(f"{stage.name} step {step + 1}/{stage.steps} loss {ema:.4f} "
+                  f"{(step + 1 - start) * stage.batch_size / (time.time() - t0):.1f} scenes/s "
+                  f"{progress.minutes[stage.name]:.1f} min {extra}", flush=True)
+        progress.save(stage.name, step + 1, opt, force=last)
+    torch.save({"model": pipe.model.state_dict()}, os.path.join(os.path.dirname(progress.path), f"{stage.name}.pt"))
+
+
+def save_model(pipe: Pipeline, args: argparse.Namespace, minutes: dict[str, float]) -> None:
+    """The stock LLaVA model, its generation config, processor and ``training_args.json``."""
+    pipe.model.eval()
+    for p in pipe.model.parameters():
+        p.requires_grad_(True)
+    os.makedirs(args.out, exist_ok=True)
+    pipe.model.save_pretrained(args.out)
+    pipe.model.generation_config.save_pretrained(args.out)
+    pipe.processor.save_pretrained(args.out)
+    record = {k: v for k, v in vars(args).items() if k not in ("resume", "device", "ckpt_dir", "out")}
+    record.update(recipe="shapes.pipeline (standard LVLM pipeline, no attention or read-out aids)",
+                  stage_minutes={k: round(v, 1) for k, v in minutes.items()},
+                  total_minutes=round(sum(minutes.values()), 1))
+    with open(os.path.join(args.out, "training_args.json"), "w") as f:
+        json.dump(record, f, indent=1)
+    print(f"saved model + processor to {args.out} ({record['total_minutes']} min of training)", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the four stages (or what is left of them with ``--resume``), then save the model."""
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    pipe = Pipeline(args, torch.device(args.device))
+    progress = Progress(pipe, args.ckpt_dir, args.ckpt_minutes)
+    if args.resume and os.path.exists(progress.path):
+        progress.restore()
+    for stage in stages_from(args):
+        run_stage(pipe, stage, progress)
+    save_model(pipe, args, progress.minutes)
+
+
+if __name__ == "__main__":
+    main()
