@@ -49,7 +49,8 @@ import torch
 from v2drop import compat
 from v2drop.adapters import adapter_class, decoder_depth
 from v2drop.memory import module_device, peak_rss, process_rss, reset_peak_rss
-from v2drop.schedule import PRESETS, DropSchedule
+# the baselines' schedule rules live in the library (the app uses them too); re-exported here
+from v2drop.schedule import PRESETS, DropSchedule, fastv_layer, matched_schedule, pdrop_layers  # noqa: F401
 
 __all__ = ["main", "matched_schedule", "paper_schedules", "run_speed", "run_accuracy", "fastv_layer"]
 
@@ -60,16 +61,6 @@ SHAPES_PRESETS = ("shapes-50%", "shapes-33%", "shapes-15%")
 
 
 # ----------------------------------------------------------------------------- schedules
-def fastv_layer(num_layers: int) -> int:
-    """FastV's drop layer scaled to the model: its code drops before layer 3 of 32."""
-    return max(1, int(3 * num_layers / 32 + 0.5))
-
-
-def pdrop_layers(num_layers: int) -> tuple[int, ...]:
-    """PyramidDrop's stage boundaries (8, 16, 24 of 32 layers), scaled."""
-    return tuple(sorted({max(1, num_layers * i // 4) for i in (1, 2, 3)}))
-
-
 def paper_schedules(num_layers: int, own_presets: Sequence[str] = ()) -> dict[str, DropSchedule]:
     """The paper's LLaVA-1.5 budgets (``paper-192/128/64``) with their drop layers scaled to
     ``num_layers`` (:meth:`DropSchedule.scaled_to`), then the model family's own presets that
@@ -90,20 +81,6 @@ def default_schedules(model: torch.nn.Module, info: dict) -> dict[str, DropSched
     family = adapter_class(model)
     own = family.own_presets(info["num_layers"]) if family is not None else ()
     return paper_schedules(info["num_layers"], own)
-
-
-def matched_schedule(method: str, reference: DropSchedule, num_layers: int, n: int) -> tuple[DropSchedule, str | None]:
-    """The schedule ``method`` runs at the layer-averaged budget of V²Drop's ``reference``."""
-    target = reference.average_kept(num_layers, n) / n
-    if method in ("v2drop", "v2drop-l1", "v2drop-cosine", "random", "uniform", "none"):
-        return reference, None
-    if method in ("fastv", "fastv-lite"):
-        return DropSchedule.closest_to_budget(num_layers, (fastv_layer(num_layers),), target, n)
-    if method == "pdrop":
-        return DropSchedule.closest_to_budget(num_layers, pdrop_layers(num_layers), target, n)
-    if method == "downsample":
-        return DropSchedule([(0, round(target, 4))]), None
-    return reference, None
 
 
 # ----------------------------------------------------------------------------- measuring

@@ -16,7 +16,8 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-__all__ = ["DropSchedule", "PRESETS", "PAPER_DEPTH", "PAPER_LAYERS", "prefill_flops", "scale_layers"]
+__all__ = ["DropSchedule", "PRESETS", "PAPER_DEPTH", "PAPER_LAYERS", "prefill_flops", "scale_layers", "fastv_layer",
+           "pdrop_layers", "matched_schedule"]
 
 #: the paper's LLaVA-1.5-7B decoder depth and its V²Drop drop layers
 PAPER_DEPTH = 32
@@ -226,6 +227,34 @@ class DropSchedule:
                      for n in self.alive_per_layer(num_layers, num_vision_tokens))
         full = num_layers * prefill_flops(num_text_tokens + num_vision_tokens, **dims)
         return pruned / full
+
+
+# --------------------------------------------------------------------- baselines' schedules
+def fastv_layer(num_layers: int) -> int:
+    """FastV's drop layer scaled to the model: its code drops before layer 3 of 32."""
+    return max(1, int(3 * num_layers / 32 + 0.5))
+
+
+def pdrop_layers(num_layers: int) -> tuple[int, ...]:
+    """PyramidDrop's stage boundaries (8, 16, 24 of 32 layers), scaled."""
+    return tuple(sorted({max(1, num_layers * i // 4) for i in (1, 2, 3)}))
+
+
+def matched_schedule(method: str, reference: DropSchedule, num_layers: int, n: int) -> tuple[DropSchedule, str | None]:
+    """The schedule ``method`` runs at the layer-averaged budget of V²Drop's ``reference`` (``n`` vision
+    tokens): FastV one stage at :func:`fastv_layer`, PDrop its :func:`pdrop_layers` with one shared ratio,
+    ``downsample`` pooling before layer 0, every other rule ``reference`` itself (only the choice of
+    tokens differs). Returns ``(schedule, note)``, the note saying what had to change to reach the budget."""
+    target = reference.average_kept(num_layers, n) / n
+    if method in ("v2drop", "v2drop-l1", "v2drop-cosine", "random", "uniform", "none"):
+        return reference, None
+    if method in ("fastv", "fastv-lite"):
+        return DropSchedule.closest_to_budget(num_layers, (fastv_layer(num_layers),), target, n)
+    if method == "pdrop":
+        return DropSchedule.closest_to_budget(num_layers, pdrop_layers(num_layers), target, n)
+    if method == "downsample":
+        return DropSchedule([(0, round(target, 4))]), None
+    return reference, None
 
 
 def prefill_flops(
