@@ -4,7 +4,8 @@ as dicts (``RunStats.to_dict()`` from :mod:`studio.pair`, or any dict with the s
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
@@ -13,7 +14,7 @@ from plotly.subplots import make_subplots
 from v2drop.trace import SampleTrace, Trace
 
 __all__ = ["alive_chart", "performance_chart", "metrics_rows", "METRIC_HEADERS", "retention_chart",
-           "COLOURS", "METRICS", "alive_per_frame", "frame_timeline"]
+           "COLOURS", "METRICS", "alive_per_frame", "frame_timeline", "sweep_chart"]
 
 COLOURS = {"unpruned": "#7f8c8d", "V²Drop": "#e4572e"}
 # (key in the stats dict, title, unit, scale)
@@ -118,6 +119,69 @@ def retention_chart(samples: Sequence[SampleTrace], layer: int | None = None, bi
     return _layout(fig, "Retention by position (no positional bias = flat bars)", 280)
 
 
+# ------------------------------------------------------------------------------------ what matters
+MATTERS_COLOURS = {"unpruned": COLOURS["unpruned"], "V²Drop": COLOURS["V²Drop"]}
+BASELINE_COLOUR = "#2f6db5"
+MATTERS_SOURCES = {"truth": "Ground truth: the question's object patches", "marked": "Hand-marked patches"}
+
+
+@dataclass
+class MattersSeries:
+    """One method's line of the what-matters chart: of the ``total`` tokens that matter, how many
+    each decoder layer processes (``alive[layer]``)."""
+
+    name: str
+    alive: list[int]
+    total: int
+
+    @property
+    def shares(self) -> list[float]:
+        """The share (0..1) of the tokens that matter alive at each layer (1 when there are none)."""
+        return [a / self.total if self.total else 1.0 for a in self.alive]
+
+
+def matters_alive(sample: SampleTrace | None, tokens: Iterable[int], num_layers: int) -> list[int]:
+    """How many of ``tokens`` (vision-token ordinals) each decoder layer processes, after its own
+    drop (``sample.alive_after``). ``sample=None`` is the unpruned model: all of them everywhere."""
+    wanted = {int(t) for t in tokens}
+    if sample is None:
+        return [len(wanted)] * num_layers
+    return [len(wanted.intersection(sample.alive_after(layer))) for layer in range(num_layers)]
+
+
+def matters_series(runs: Mapping[str, SampleTrace | None], tokens: Iterable[int],
+                   num_layers: int) -> list[MattersSeries]:
+    """One :class:`MattersSeries` per run (name -> its sample; None for the unpruned model), in order."""
+    tokens = sorted({int(t) for t in tokens})
+    return [MattersSeries(name, matters_alive(sample, tokens, num_layers), len(tokens)) for name, sample in runs.items()]
+
+
+def matters_chart(series: Sequence[MattersSeries], source: str = "truth",
+                  drop_layers: Sequence[int] = ()) -> go.Figure:
+    """x = decoder layer, y = share of the tokens that matter still alive there, one line per
+    method (the unpruned model stays at 100 %). ``source``: ``"truth"`` (a generated scene's
+    objects named by the question) or ``"marked"`` (what the visitor marked); the title says which.
+    Hover gives the counts; dotted lines mark ``drop_layers``."""
+    if source not in MATTERS_SOURCES:
+        raise ValueError(f"source must be one of {sorted(MATTERS_SOURCES)}, got {source!r}")
+    fig = go.Figure()
+    for s in series:
+        colour = MATTERS_COLOURS.get(s.name, BASELINE_COLOUR)
+        average = 100 * sum(s.shares) / len(s.shares) if s.shares else 100.0
+        fig.add_trace(go.Scatter(
+            x=list(range(len(s.alive))), y=[100 * v for v in s.shares], customdata=s.alive,
+            name=f"{s.name} (layer average {average:.0f} %)", mode="lines+markers",
+            line=dict(color=colour, shape="hv", dash="dash" if s.name == "unpruned" else "solid"),
+            hovertemplate=f"{s.name}, layer %{{x}}: %{{customdata}} of {s.total} alive (%{{y:.0f}} %)<extra></extra>"))
+    for layer in sorted(drop_layers):
+        fig.add_vline(x=layer, line=dict(color="#bbbbbb", width=1, dash="dot"))
+    total = series[0].total if series else 0
+    layers = len(series[0].alive) if series else 0
+    fig.update_xaxes(title_text="decoder layer", dtick=1 if layers <= 32 else None)
+    fig.update_yaxes(title_text="alive (%)", range=[-3, 105])
+    return _layout(fig, f"{MATTERS_SOURCES[source]} alive per layer ({total} vision tokens)", 340)
+
+
 def alive_per_frame(sample: SampleTrace, num_layers: int) -> np.ndarray:
     """``(layout frames, layers)`` int array: vision tokens of each frame (token grid) that each
     decoder layer processes. Column sums equal ``sample.alive_per_layer``."""
@@ -157,3 +221,42 @@ def frame_timeline(trace: Trace, sample: int = 0, step: int = 1, timestamps: Seq
                      tickvals=labels, ticktext=labels)
     return _layout(fig, "Kept vision tokens per frame and layer (dotted: drop layers)",
                    max(300, 130 + 28 * len(labels)))
+
+
+def sweep_chart(sweep: Mapping[str, Any]) -> go.Figure:
+    """The drop-layer sweep (``python -m benchmarks.sweep``'s JSON): x = first drop layer, one line per
+    method, one column per budget; top row accuracy relative to the unpruned model, bottom row the
+    share of the question's object patches still alive right after the first drop. Unreachable
+    positions are gaps; hover shows each point's schedule."""
+    rows = sweep["rows"]
+    budgets = list(dict.fromkeys(r["budget"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    palette = ["#e4572e", "#17bebb", "#76b041", "#7f8c8d", "#ffc914", "#2e282a", "#8e7dbe"]
+    fig = make_subplots(rows=2, cols=len(budgets), shared_xaxes=True, vertical_spacing=0.1,
+                        subplot_titles=[f"{t}, budget {100 * b:.0f} % of the vision tokens" for t in
+                                        ("accuracy vs unpruned", "object-patch recall at first drop")
+                                        for b in budgets])
+    for col, budget in enumerate(budgets, start=1):
+        for i, method in enumerate(methods):
+            sel = sorted((r for r in rows if r["budget"] == budget and r["method"] == method),
+                         key=lambda r: r["first_layer"])
+            x = [r["first_layer"] for r in sel]
+            text = [f"{method}, first drop layer {r['first_layer']}<br>" + (
+                f"schedule {r['schedule']} (avg kept {100 * r['avg_kept_share']:.1f} %)<br>"
+                f"accuracy {100 * r['accuracy']:.1f} %" if r["reachable"] else "budget unreachable here")
+                for r in sel]
+            style = dict(mode="lines+markers", legendgroup=method, line=dict(color=palette[i % len(palette)]),
+                         text=text, connectgaps=False)
+            for row, key in ((1, "relative"), (2, "recall_at_first_drop")):
+                y = [None if r[key] is None else 100 * r[key] for r in sel]
+                fig.add_trace(go.Scatter(x=x, y=y, name=method, showlegend=col == 1 and row == 1,
+                                         hovertemplate="%{text}<br>" + ("relative" if row == 1 else "recall")
+                                         + " %{y:.1f} %<extra></extra>", **style), row=row, col=col)
+        fig.add_hline(y=100, line=dict(color="#bbbbbb", dash="dash"), row=1, col=col)
+    fig.update_xaxes(title_text="first drop layer", dtick=1, row=2)
+    fig.update_yaxes(title_text="accuracy, % of unpruned", rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(title_text="object patches alive, %", range=[0, 105], row=2, col=1)
+    unpruned = sweep.get("unpruned", {}).get("accuracy")
+    title = (f"Drop-layer sweep: {sweep.get('model', 'model')}, {sweep.get('n', '?')} questions"
+             + (f", unpruned {100 * unpruned:.1f} %" if unpruned is not None else ""))
+    return _layout(fig, title, 620)
