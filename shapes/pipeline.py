@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--ckpt-minutes", type=float, default=4.0)
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--val-every", type=int, default=250, help="instruct: validation every this many steps")
+    ap.add_argument("--val-size", type=int, default=128, help="questions per validation set (generator, drawn)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("SHAPES_THREADS", "2")))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return ap
@@ -232,18 +233,19 @@ class Progress:
 def stage_report(pipe: Pipeline, stage: str) -> str:
     """What a stage's log line adds to its loss: the vision probe's held-out object-shape accuracy
     (generator and drawn scenes) or, in the chat stages, teacher-forced answer accuracy."""
+    n = pipe.args.val_size
     if stage == "vision":
         parts = []
-        for name, held_out in (("generator", [scenes.sample(VAL_SEED + 1, i, balanced=False) for i in range(64)]),
-                               ("drawn", drawn.benchmark(64, seed=VAL_SEED + 2))):
+        for name, held_out in (("generator", [scenes.sample(VAL_SEED + 1, i, balanced=False) for i in range(n // 2)]),
+                               ("drawn", drawn.benchmark(n // 2, seed=VAL_SEED + 2))):
             with torch.no_grad():
                 feats = pipe.vision_features(pixel_values_from_images([s.image for s in held_out]))
             parts.append(f"{name} {pipe.probe.object_shape_accuracy(feats, held_out):.3f}")
         return "object shape acc " + " ".join(parts)
     if stage == "instruct":
         report = []
-        for name, val in (("val", [scenes.sample(VAL_SEED, i) for i in range(128)]),
-                          ("drawn", drawn.benchmark(128, seed=VAL_SEED + 2))):
+        for name, val in (("val", [scenes.sample(VAL_SEED, i) for i in range(n)]),
+                          ("drawn", drawn.benchmark(n, seed=VAL_SEED + 2))):
             acc = quick_val(pipe.model, pipe.encoder, val, pipe.device)
             report.append(f"{name} " + " ".join(f"{k}={v:.3f}" for k, v in acc.items()))
         return " | ".join(report)
