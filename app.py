@@ -32,6 +32,7 @@ from transformers.utils import logging as transformers_logging
 from studio.handlers import Studio, notice
 from studio.hosting import HostingPolicy, add_arguments
 from studio.inputs import load_image
+from studio.matters import BASELINES, baseline_label
 from studio.pair import stream_pair
 from studio.registry import EMBEDDED_ID, ModelRegistry
 from studio.sessions import DEFAULT_ROOT, FrameCache, SessionStore
@@ -66,6 +67,8 @@ EXAMPLES = [
     ["shapes_2_position.png", "is the white star on the right or the left ?"],
     ["shapes_3_exist.png", "is there a purple star ?"],
     ["shapes_5_count.png", "how many triangles are there ?"],
+    ["drawn_13_count.png", "how many stars are there ?"],
+    ["drawn_26_position.png", "is the blue star on the right or the left ?"],
     ["astronaut.png", "What is the person wearing?"],
     ["chelsea.png", "What animal is this, and what colour is it?"],
     ["coffee.png", "What is in the cup?"],
@@ -132,6 +135,11 @@ class RunPanel:
     trace_file: Any
     story: Any
     timer: Any
+    matters: Any = None          # the what-matters chart
+    matters_note: Any = None
+    baseline: Any = None         # the baseline picker
+    editor: Any = None           # "Mark what matters"
+    clear_marks: Any = None
 
     def visual_outputs(self) -> list:
         return [getattr(self, name) for name in VISUAL_FIELDS]
@@ -217,6 +225,8 @@ def _run_panel(num_layers: int) -> RunPanel:
                 dropped = gr.Image(label="Dropped at that layer (red)", interactive=False, scale=2, format="png",
                                    height=360)
             timeline = gr.Plot(label="Video: kept tokens per frame and layer", elem_id="frame-timeline")
+        with gr.Tab("What matters", elem_id="matters-tab"):
+            matters = _matters_tab()
         with gr.Tab("Performance"):
             perf = gr.Plot(label="Latency and memory", elem_id="perf-chart")
             alive = gr.Plot(label="Vision tokens alive per layer", elem_id="alive-chart")
@@ -226,7 +236,30 @@ def _run_panel(num_layers: int) -> RunPanel:
         with gr.Tab("How it works"):
             story_md = gr.Markdown(story.how_it_works(), elem_id="story")
     return RunPanel(layer, play, caption, kept, heat, drop_layer, dropped, timeline, perf, alive, table, retention,
-                    trace_file, story_md, gr.Timer(0.9, active=False))
+                    trace_file, story_md, gr.Timer(0.9, active=False), *matters)
+
+
+def _matters_tab() -> tuple:
+    """(chart, note, baseline picker, mark editor, clear button) of the What-matters tab."""
+    gr.Markdown("How many of the vision tokens that matter for the question does each layer still process? "
+                "For a generated scene from the gallery the app knows them (**ground truth**: the patches of the "
+                "objects your question names); for any picture you can **mark** them: brush over the picture "
+                "below, or click two opposite corners of a box on the image on the left. A token counts when at "
+                "least 25 % of its patch is painted. The overlays outline these tokens in cyan.")
+    with gr.Row():
+        with gr.Column(scale=1, min_width=260):
+            editor = gr.ImageEditor(label="Mark what matters (brush)", type="numpy", image_mode="RGBA", sources=[],
+                                    transforms=[], layers=False, format="png", height=320, elem_id="mark-editor",
+                                    brush=gr.Brush(colors=[("#00e5ff", 0.6)], color_mode="fixed"),
+                                    buttons=[])
+            clear_marks = gr.Button("Clear the mark", size="sm", elem_id="clear-marks")
+            baseline = gr.Dropdown(choices=[(baseline_label(m), m) for m in BASELINES], value="none",
+                                   label="Add a baseline (one extra prefill at V²Drop's average budget)",
+                                   elem_id="baseline")
+        with gr.Column(scale=2):
+            chart = gr.Plot(label="What matters, alive per layer", elem_id="matters-chart")
+            note = gr.Markdown(elem_id="matters-note")
+    return chart, note, baseline, editor, clear_marks
 
 
 # ------------------------------------------------------------------------------------ wiring
@@ -245,10 +278,11 @@ def _wire_model(studio: Studio, model: ModelPanel, media: MediaPanel, chat: Chat
 
 
 def _wire_media(studio: Studio, media: MediaPanel, chat: ChatPanel, state: gr.State, note: gr.Markdown,
-                video_examples: dict) -> None:
+                video_examples: dict, editor: Any) -> None:
     panes = [chat.full, chat.drop, note, state]
     media.image_file.change(studio.on_image, [media.image_file, state], [media.preview] + panes, api_name="set_image"
-                            ).then(studio.image_info, [state], [media.image_info], api_name="image_info")
+                            ).then(studio.image_info, [state], [media.image_info], api_name="image_info"
+                                   ).then(studio.editor_for, [state], [editor], api_visibility="private")
     media.video_file.change(studio.on_video, [media.video_file, media.frames, state], [media.video_preview] + panes,
                             api_name="set_video")
     # also fires when loading a model sets its default frame count: the video is sampled again
@@ -288,6 +322,20 @@ def _wire_chat(studio: Studio, media: MediaPanel, chat: ChatPanel, run: RunPanel
     run.timer.tick(studio.on_tick, [run.layer, state], [run.layer, run.timer, run.play], api_visibility="private")
 
 
+def _wire_matters(studio: Studio, media: MediaPanel, run: RunPanel, state: gr.State) -> None:
+    """Marks and the baseline pick redraw the what-matters chart and the outlines of the last run."""
+    views = [run.kept, run.heat, run.dropped, run.matters, run.matters_note, run.trace_file]
+    shown = [run.layer, run.drop_layer, state]
+    run.editor.change(studio.on_mark, [run.editor] + shown, views + [state], api_name="mark",
+                      trigger_mode="always_last")
+    box = [gr.Number(visible=False) for _ in range(4)]  # x0, y0, x1, y1 in pixels of the picture (API only)
+    gr.Button(visible=False).click(studio.on_mark_box, box + shown, views + [run.editor, state], api_name="mark_box")
+    media.preview.select(studio.on_picture_click, shown, views + [run.editor, state], api_visibility="private")
+    run.clear_marks.click(studio.on_clear_marks, shown, views + [run.editor, state], api_name="clear_marks")
+    run.baseline.input(studio.on_baseline, [run.baseline, state], [run.matters, run.matters_note, run.trace_file,
+                       state], api_name="set_baseline", concurrency_limit=1, concurrency_id="model")
+
+
 def build_demo(studio: Studio, policy: HostingPolicy) -> gr.Blocks:
     """The page: model and media on the left, the two chats and the run's views on the right."""
     embedded = studio.registry.card(EMBEDDED_ID)
@@ -311,8 +359,9 @@ def build_demo(studio: Studio, policy: HostingPolicy) -> gr.Blocks:
                 chat = _chat_panel()
                 run = _run_panel(embedded.num_layers)
         _wire_model(studio, model, media, chat, run, state, note)
-        _wire_media(studio, media, chat, state, note, video_examples)
+        _wire_media(studio, media, chat, state, note, video_examples, run.editor)
         _wire_chat(studio, media, chat, run, state, note)
+        _wire_matters(studio, media, run, state)
         demo.unload(studio.on_unload)
     demo.queue(default_concurrency_limit=4, max_size=64)
     return demo

@@ -4,6 +4,11 @@
 frame cache); each visitor's own state is a :class:`~studio.state.PageState` that Gradio keeps per
 session. Handlers get the visitor's ``gr.Request``, so files are always written to that session's
 own folder. Messages for the page never carry a server path or an exception class name.
+
+What matters (:mod:`studio.matters`): a gallery picture, recognised by its pixels, brings the
+ground truth of its objects; a visitor's mark (brush or box) replaces it. After each run, and after
+each mark or baseline pick, the chart of the tokens that matter still alive per layer is redrawn
+from the stored traces, without running the model again (a picked baseline runs one prefill).
 """
 
 from __future__ import annotations
@@ -21,17 +26,21 @@ from typing import Any, Iterator
 import gradio as gr
 from PIL import Image
 
+from studio.ground_truth import GroundTruth
 from studio.image_cap import image_caption
 from studio.inputs import ChatInputError, check_prompt, check_special_tokens, image_region, load_image
-from studio.pair import PairEvent, stream_pair
+from studio.marks import editor_value, load_mask, mask_from_box, mask_from_editor, painted_share, save_mask
+from studio.matters import (BASELINES, NO_RUN_NOTE, baseline_label, chart_of, find_matters, matters_state,
+                            trace_record)
+from studio.pair import PairEvent, prefill_trace, stream_pair
 from studio.registry import EMBEDDED_ID, LoadedModel, ModelCard, ModelLoadError, ModelRegistry
 from studio.schedules import nominal_vision_tokens, presets_for, schedule_summary
 from studio.sessions import FrameCache, Session, SessionStore
 from studio.state import PageState
 from studio.videos import VIDEO_MODELS, check_num_frames, check_video_model, load_video_file
 from studio.views import Media, Visuals, dropped_image, layer_caption, layer_images, run_visuals
-from v2drop.schedule import DropSchedule
-from v2drop.trace import Trace
+from v2drop.schedule import DropSchedule, matched_schedule
+from v2drop.trace import SampleTrace, Trace
 from v2drop.video import DecodedVideo
 from v2drop.video_inputs import frames_per_layout_frame, supports_video
 from visualize import overlay, story
@@ -73,11 +82,12 @@ class Studio:
     """The shared back end of the page and its event handlers."""
 
     def __init__(self, registry: ModelRegistry, sessions: SessionStore, frames: FrameCache,
-                 answer_tokens: int = 48) -> None:
+                 answer_tokens: int = 48, truth: GroundTruth | None = None) -> None:
         self.registry = registry
         self.sessions = sessions
         self.frames = frames
         self.answer_tokens = answer_tokens
+        self.truth = truth if truth is not None else GroundTruth()  # the gallery's scenes, by pixel hash
         self._model_lock = threading.Lock()  # belt and braces: the queue already runs one model job at a time
 
     # ------------------------------------------------------------------------ sessions
@@ -195,8 +205,16 @@ class Studio:
         image.save(saved)
         _remove(state.image)
         state.image, state.image_src, state.media = str(saved), path, "image"
+        scene = self.truth.scene_of(image)  # the picture's pixels decide, not the file's name
+        state.truth = scene.name if scene else None
+        self._forget_mark(state)
         state.new_chat()
         return notes
+
+    @staticmethod
+    def _forget_mark(state: PageState) -> None:
+        _remove(state.mark_file)
+        state.mark_file, state.box_corner = None, None
 
     def on_image(self, path: str | None, state: PageState, request: gr.Request):
         """Validate an upload, show it, and start a new conversation about it."""
@@ -204,12 +222,14 @@ class Studio:
         state.new_chat()
         if not path:
             _remove(state.image)
-            state.image = state.image_src = None
+            state.image = state.image_src = state.truth = None
+            self._forget_mark(state)
             return None, [], [], "", state
         try:
             notes = self._take_image(path, state, session)
         except ChatInputError as err:
-            state.image = state.image_src = None
+            state.image = state.image_src = state.truth = None
+            self._forget_mark(state)
             return None, [], [], notice(str(err), "error"), state
         text = " ".join(notes) + (" " if notes else "") + "New image: a new conversation starts."
         return state.image, [], [], notice(text, "warn" if notes else "info"), state
@@ -219,12 +239,14 @@ class Studio:
         operator's image cap (empty without an image, or when the model was evicted)."""
         if not state.image:
             return ""
+        known = ("\n\n🎯 A generated scene from the gallery: its objects are known, so the *What matters* tab "
+                 "follows the patches of the objects your question names (ground truth).") if state.truth else ""
         try:
             entry = self.registry.get(state.model_id)
             with Image.open(state.image) as image:
-                return image_caption(entry, image.convert("RGB"))
+                return image_caption(entry, image.convert("RGB")) + known
         except (KeyError, OSError, ValueError):
-            return ""
+            return known.strip()
 
     # ------------------------------------------------------------------------ video
     def _video_frames(self, state: PageState) -> DecodedVideo:
@@ -360,15 +382,15 @@ class Studio:
     def _finish(self, turn: Turn, event: PairEvent, state: PageState, session: Session) -> tuple:
         """Store the finished turn and its trace (in the session's folder) and draw the run."""
         entry, schedule = turn.entry, turn.schedule
+        history = list(state.turns_full)
         state.turns_full = state.turns_full + [(turn.question, event.full_text)]
         state.turns_drop = state.turns_drop + [(turn.question, event.drop_text)]
-        trace_dict = event.trace.to_dict()
-        trace_file = self.sessions.new_file(session.key, "trace", ".json")
-        trace_file.write_text(json.dumps(trace_dict, indent=1))
-        _remove(state.trace_file)
-        state.trace_file = str(trace_file)
         state.stats = {"full": event.full.to_dict(), "drop": event.drop.to_dict(), "schedule": str(schedule),
                        "model_id": entry.model_id}
+        failed = self._run_baseline(entry, state, session, turn.model_input, turn.question, history, event.trace)
+        matters_note = self._update_matters(state, session, event.trace, turn.media, turn.question)
+        if failed:
+            matters_note += " " + failed
         state.region, state.video_step = turn.media.region, turn.media.video_step
         state.last_vision_tokens = event.trace.samples[0].num_vision_tokens if event.trace.samples else None
         f, d = event.full, event.drop
@@ -379,9 +401,195 @@ class Studio:
             done = " ".join(turn.notes) + " " + done
         if not entry.trained:
             done += " (The embedded model is untrained: its answers are meaningless.)"
-        visuals = run_visuals(event.trace, state.stats, turn.media, str(trace_file))
+        visuals = run_visuals(event.trace, state.stats, turn.media, state.trace_file, state.matters, matters_note)
         return (messages(state.turns_full), messages(state.turns_drop), notice(done, "ok"), state,
                 gr.skip()) + visuals.values()
+
+    # ------------------------------------------------------------------------ what matters
+    def _run_baseline(self, entry: LoadedModel, state: PageState, session: Session, model_input: Any,
+                      question: str, history: list, trace: Trace) -> str:
+        """The picked baseline's prefill on the last turn's inputs at V²Drop's layer-averaged budget
+        (:func:`v2drop.schedule.matched_schedule`); its trace goes to the session's folder. Returns
+        a note for the page if it failed (else "")."""
+        _remove(state.baseline_file)
+        state.baseline_file = None
+        if state.baseline == "none" or not trace.samples:
+            return ""
+        reference = DropSchedule.parse(state.stats["schedule"])
+        n = trace.samples[0].num_vision_tokens
+        schedule, note = matched_schedule(state.baseline, reference, trace.num_layers, n)
+        try:
+            with self._model_lock:
+                base = prefill_trace(entry.model, entry.processor, model_input, question, history, schedule,
+                                     state.baseline)
+        except Exception:  # noqa: BLE001 - the page gets a message, the log the traceback
+            log.exception("baseline prefill failed")
+            return f"{baseline_label(state.baseline)} could not run on this model; the chart leaves it out."
+        data = base.to_dict()
+        data["matched_note"] = note
+        path = self.sessions.new_file(session.key, "baseline", ".json")
+        path.write_text(json.dumps(data))
+        state.baseline_file = str(path)
+        return ""
+
+    def _baseline(self, state: PageState) -> tuple[dict, SampleTrace] | None:
+        """(what the chart says about the baseline, its sample) of the last run, if one was run."""
+        if not state.baseline_file:
+            return None
+        try:
+            data = json.loads(Path(state.baseline_file).read_text())
+            trace = Trace.from_dict(data)
+        except (OSError, ValueError):
+            return None
+        sample = trace.samples[0]
+        info = {"method": trace.method, "label": baseline_label(trace.method), "schedule": trace.schedule,
+                "note": data.get("matched_note"), "kept": {str(k): v for k, v in sample.kept.items()}}
+        return info, sample
+
+    def _no_matters_note(self, state: PageState) -> str:
+        if state.media == "video":
+            return "Ground truth and marks apply to images: the chart follows what matters in a picture."
+        return ("Mark what matters on the picture (brush it in the editor, or click two corners of a box on the "
+                "image) to see how much of it each layer keeps. Gallery scenes come with their ground truth.")
+
+    def _update_matters(self, state: PageState, session: Session, trace: Trace, media: Media, question: str) -> str:
+        """Find the tokens that matter for the last run, keep the chart's data in the state, outline
+        them in ``media``, and write the trace (with ``what_matters``) afresh. Returns the note."""
+        sample = trace.samples[0]
+        found = None
+        if media.image is not None:
+            mark = load_mask(state.mark_file) if state.mark_file else None
+            found = find_matters(self.truth.by_name(state.truth), mark, question, sample, media.region or
+                                 (0, 0, *media.image.size), media.image.size)
+        baseline = self._baseline(state)
+        runs: dict[str, SampleTrace | None] = {"unpruned": None, "V²Drop": sample}
+        if baseline is not None:
+            runs[baseline[0]["label"]] = baseline[1]
+        state.matters = matters_state(found, trace.num_layers, runs, sorted(sample.kept),
+                                      baseline[0] if baseline else None) if found else None
+        media.marked = found.tokens if found else None
+        data = trace.to_dict()
+        if state.matters:
+            data["what_matters"] = trace_record(state.matters, question)
+        path = self.sessions.new_file(session.key, "trace", ".json")
+        path.write_text(json.dumps(data, indent=1))
+        _remove(state.trace_file)
+        state.trace_file = str(path)
+        note = found.note if found else self._no_matters_note(state)
+        if baseline is not None and found and found.tokens:
+            info = baseline[0]
+            note += f" {info['label']} ran one prefill at V²Drop's layer-averaged budget: `{info['schedule']}`."
+            if info.get("note"):
+                note += f" ({info['note']}.)"
+        return note
+
+    def _redraw(self, state: PageState, session: Session, layer: Any, drop_layer: Any, note: str = "") -> tuple:
+        """After a mark or a baseline pick: (kept, heat, dropped, chart, note, trace file) of the last
+        run, without running the model; without a run, only the note (and no chart)."""
+        run = self._last_run(state)
+        if run is None or not state.turns_full:
+            return gr.skip(), gr.skip(), gr.skip(), None, (note + " " + NO_RUN_NOTE).strip(), gr.skip()
+        trace, media = run
+        sample = trace.samples[0]
+        text = self._update_matters(state, session, trace, media, state.turns_full[-1][0])
+        drops = sorted(sample.kept)
+        layer = int(layer) if layer is not None else (drops[-1] if drops else 0)
+        kept, heat = layer_images(media, sample, layer)
+        drop_layer = int(drop_layer) if drop_layer is not None else (drops[0] if drops else None)
+        dropped = dropped_image(media, sample, drop_layer) if drop_layer in sample.kept else None
+        return kept, heat, dropped, chart_of(state.matters), text, state.trace_file
+
+    def _mark_target(self, state: PageState) -> tuple[int, int]:
+        """The size of the picture a mark is about; :class:`ChatInputError` when there is none."""
+        if state.media != "image":
+            raise ChatInputError("Marks apply to pictures: switch to the Image tab to mark what matters.")
+        if not state.image:
+            raise ChatInputError("No picture to mark: upload an image (or pick an example) first.")
+        with Image.open(state.image) as image:
+            return image.size
+
+    def _store_mark(self, mask: Any, state: PageState, session: Session) -> str:
+        """Keep ``mask`` (or forget the mark when None) in the session's folder; the page's note."""
+        self._forget_mark(state)
+        if mask is None:
+            return "No mark." + (" The chart follows the ground truth." if state.truth else "")
+        path = self.sessions.new_file(session.key, "mark", ".png")
+        save_mask(mask, path)
+        state.mark_file = str(path)
+        return f"Marked {100 * painted_share(mask):.0f} % of the picture."
+
+    def on_mark(self, value: Any, layer: Any, drop_layer: Any, state: PageState, request: gr.Request):
+        """The editor's layers as the mark of what matters (empty layers: no mark); redraws the
+        chart and the outlines of the last run."""
+        session = self.session(state, request)
+        try:
+            self._mark_target(state)
+            note = self._store_mark(mask_from_editor(value), state, session)
+        except ChatInputError as err:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), notice(str(err), "error"), gr.skip(), state
+        return *self._redraw(state, session, layer, drop_layer, note), state
+
+    def on_mark_box(self, x0: float, y0: float, x1: float, y1: float, layer: Any, drop_layer: Any,
+                    state: PageState, request: gr.Request):
+        """A box ``(x0, y0, x1, y1)`` in pixels of the picture as the mark of what matters; the
+        editor shows it."""
+        session = self.session(state, request)
+        try:
+            mask = mask_from_box((x0, y0, x1, y1), self._mark_target(state))
+            note = self._store_mark(mask, state, session)
+        except ChatInputError as err:
+            return (gr.skip(),) * 4 + (notice(str(err), "error"), gr.skip(), gr.skip(), state)
+        return *self._redraw(state, session, layer, drop_layer, note), editor_value(state.image, mask), state
+
+    def on_picture_click(self, evt: gr.SelectData, layer: Any, drop_layer: Any, state: PageState,
+                         request: gr.Request):
+        """Two clicks on the picture: the opposite corners of a box that marks what matters."""
+        x, y = (float(v) for v in evt.index[:2])
+        if state.box_corner is None:
+            state.box_corner = (x, y)
+            return (gr.skip(),) * 4 + (f"First corner at ({x:.0f}, {y:.0f}): click the opposite corner.",
+                                       gr.skip(), gr.skip(), state)
+        (x0, y0), state.box_corner = state.box_corner, None
+        return self.on_mark_box(x0, y0, x, y, layer, drop_layer, state, request)
+
+    def on_clear_marks(self, layer: Any, drop_layer: Any, state: PageState, request: gr.Request):
+        """Forget the mark (the ground truth, if any, comes back); the editor shows the bare picture."""
+        session = self.session(state, request)
+        note = self._store_mark(None, state, session)
+        return *self._redraw(state, session, layer, drop_layer, note), editor_value(state.image), state
+
+    def on_baseline(self, method: str, state: PageState, request: gr.Request):
+        """Pick the baseline the chart adds; with a run, one prefill of it on the last turn."""
+        session = self.session(state, request)
+        if method not in BASELINES:
+            return gr.skip(), notice(f"Pick a baseline among {', '.join(BASELINES)}.", "error"), gr.skip(), state
+        state.baseline = method
+        run = self._last_run(state) if state.turns_full and state.stats else None
+        if run is None:
+            _remove(state.baseline_file)
+            state.baseline_file = None
+            return gr.skip(), (f"{baseline_label(method)} joins the chart after the next question."
+                               if method != "none" else ""), gr.skip(), state
+        trace, media = run
+        try:
+            entry = self.registry.ensure(state.stats["model_id"])
+            model_input = media.video if media.video is not None else media.image
+            failed = self._run_baseline(entry, state, session, model_input, state.turns_full[-1][0],
+                                        state.turns_full[:-1], trace)
+        except (ModelLoadError, ChatInputError) as err:
+            return gr.skip(), notice(str(err), "error"), gr.skip(), state
+        note = self._update_matters(state, session, trace, media, state.turns_full[-1][0])
+        note += (" " + failed) if failed else ""
+        return chart_of(state.matters), note, state.trace_file, state
+
+    def editor_for(self, state: PageState):
+        """The mark editor's value for the current picture (with its mark, if any)."""
+        if state.media != "image" or not state.image:
+            return None
+        try:
+            return editor_value(state.image, load_mask(state.mark_file) if state.mark_file else None)
+        except OSError:
+            return editor_value(state.image)
 
     # ------------------------------------------------------------------------ layers
     def _last_run(self, state: PageState) -> tuple[Trace, Media] | None:
@@ -392,7 +600,8 @@ class Studio:
             trace = Trace.from_dict(json.loads(Path(state.trace_file).read_text()))
             if state.media == "video":
                 return trace, Media(video=self._video_frames(state), video_step=state.video_step)
-            return trace, Media(image=Image.open(state.image).convert("RGB"), region=state.region)
+            marked = (state.matters or {}).get("tokens") or None
+            return trace, Media(image=Image.open(state.image).convert("RGB"), region=state.region, marked=marked)
         except (OSError, ValueError, ChatInputError):  # released or replaced meanwhile
             return None
 

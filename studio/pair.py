@@ -28,7 +28,7 @@ from v2drop.schedule import DropSchedule
 from v2drop.trace import Trace
 from v2drop.video import DecodedVideo
 
-__all__ = ["RunStats", "PairEvent", "stream_pair", "DEFAULT_MAX_NEW_TOKENS"]
+__all__ = ["RunStats", "PairEvent", "stream_pair", "prefill_trace", "DEFAULT_MAX_NEW_TOKENS"]
 
 DEFAULT_MAX_NEW_TOKENS = 48  # answer length when the caller does not say
 
@@ -274,3 +274,26 @@ def stream_pair(
         trace = session.trace
         pair.take_engine_numbers(trace)
     yield pair.finish(trace)
+
+
+def prefill_trace(
+    model: torch.nn.Module,
+    processor: Any,
+    media: "Image.Image | DecodedVideo",
+    question: str,
+    history: Sequence[tuple[str, str]],
+    schedule: DropSchedule | str,
+    method: str,
+    *,
+    seed: int = 0,
+) -> Trace:
+    """One prefill (no answer) of ``question`` under ``method`` and ``schedule``: the tokens a
+    baseline keeps on the same inputs as a chat turn (``history``: earlier ``(question, answer)``
+    pairs), for comparing what each method keeps. ``seed`` fixes ``random``."""
+    schedule = DropSchedule.parse(schedule) if isinstance(schedule, str) else schedule
+    if isinstance(media, DecodedVideo):
+        check_video_model(model)
+    inputs = _to_device(_media_inputs(processor, history, question, media), model)
+    with apply(model, schedule, method, seed=seed) as session, torch.inference_mode():
+        model(**inputs, use_cache=False, logits_to_keep=1)
+        return session.trace

@@ -35,11 +35,19 @@ class PageState:
     region: tuple[float, float, float, float] | None = None
     last_vision_tokens: int | None = None
     session_key: str | None = None           # Gradio's session hash, for the clean-up callbacks
+    truth: str | None = None                 # the gallery scene this picture is (found by its pixels)
+    mark_file: str | None = None             # the visitor's mark of what matters (a mask PNG in the session's folder)
+    box_corner: tuple[float, float] | None = None  # first corner of a box being clicked on the picture
+    baseline: str = "none"                   # the baseline the what-matters chart adds (studio.matters.BASELINES)
+    baseline_file: str | None = None         # its trace for the last run (JSON in the session's folder)
+    matters: dict | None = None              # the what-matters chart's data for the last run (studio.matters)
 
     def new_chat(self) -> None:
-        """Forget the conversation and the last run (the image / video stay)."""
+        """Forget the conversation and the last run (the image / video, its mark and the picked
+        baseline stay)."""
         self.turns_full, self.turns_drop = [], []
         self.trace_file, self.stats = None, None
+        self.baseline_file, self.matters = None, None
 
     @property
     def has_media(self) -> bool:

@@ -2,7 +2,9 @@
 the video's frames), the charts, the table, the story and the trace file, as one :class:`Visuals`.
 
 The handlers choose *when* to draw; this module only draws, from a :class:`Media` (what the run was
-about) and the run's :class:`~v2drop.trace.Trace`.
+about) and the run's :class:`~v2drop.trace.Trace`. The image overlays outline ``Media.marked``, the
+tokens that matter (ground truth or the visitor's mark), and the what-matters chart is drawn from
+the data kept in the session's state (:func:`studio.matters.chart_of`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from PIL import Image
 
 from v2drop.trace import SampleTrace, Trace
 from v2drop.video import DecodedVideo
+from studio.matters import chart_of
 from visualize import charts, overlay, story
 
 __all__ = ["Media", "Visuals", "VISUAL_FIELDS", "STRIP_PER_ROW", "run_visuals", "layer_images", "dropped_image",
@@ -31,6 +34,7 @@ class Media:
     region: tuple[float, float, float, float] | None = None
     video: DecodedVideo | None = None
     video_step: int = 1
+    marked: list[int] | None = None      # the tokens that matter, outlined on the image overlays
 
 
 @dataclass
@@ -49,6 +53,8 @@ class Visuals:
     story: Any
     trace_file: Any
     timeline: Any
+    matters: Any = None          # the what-matters chart
+    matters_note: Any = ""       # what it follows, or how to get it
 
     @classmethod
     def unchanged(cls) -> "Visuals":
@@ -58,7 +64,7 @@ class Visuals:
     def cleared(cls) -> "Visuals":
         """Nothing drawn: after a model load, or when there is no run to show."""
         return cls(gr.Slider(value=0), gr.Dropdown(choices=[], value=None), None, None, None, None, None, None,
-                   None, story.how_it_works(), None, None)
+                   None, story.how_it_works(), None, None, None, "")
 
     def values(self) -> tuple:
         return tuple(getattr(self, f.name) for f in fields(self))
@@ -74,7 +80,7 @@ def draw(media: Media, sample: SampleTrace, layer: int, mode: str) -> Image.Imag
                                    timestamps=media.video.timestamps, per_row=STRIP_PER_ROW)
     painter = {"kept": overlay.kept_overlay, "dropped": overlay.dropped_overlay,
                "variation": overlay.variation_heatmap}[mode]
-    return painter(media.image, sample, layer, media.region)
+    return painter(media.image, sample, layer, media.region, outline=media.marked)
 
 
 def layer_images(media: Media, sample: SampleTrace, layer: int) -> tuple[Image.Image, Image.Image | None]:
@@ -101,9 +107,11 @@ def layer_caption(sample: SampleTrace, layer: int, has_heatmap: bool) -> str:
     return caption
 
 
-def run_visuals(trace: Trace, stats: dict, media: Media, trace_file: str) -> Visuals:
+def run_visuals(trace: Trace, stats: dict, media: Media, trace_file: str, matters: dict | None = None,
+                matters_note: str = "") -> Visuals:
     """Everything drawn after a run: the last drop layer's overlays, the first drop layer's dropped
-    patches, the charts and table, the story, the trace file and (video) the frame timeline."""
+    patches, the charts and table, the story, the trace file, (video) the frame timeline, and the
+    what-matters chart from ``matters`` (the state's data) with its note."""
     sample = trace.samples[0]
     drops = sorted(sample.kept)
     layer = drops[-1] if drops else 0
@@ -120,4 +128,5 @@ def run_visuals(trace: Trace, stats: dict, media: Media, trace_file: str) -> Vis
         dropped=dropped_image(media, sample, first_drop) if first_drop is not None else None,
         perf=charts.performance_chart(stats["full"], stats["drop"]), alive=charts.alive_chart(trace),
         table=charts.metrics_rows(stats["full"], stats["drop"]), retention=charts.retention_chart([sample]),
-        story=story.how_it_works() + "\n\n" + story.run_story(trace), trace_file=trace_file, timeline=timeline)
+        story=story.how_it_works() + "\n\n" + story.run_story(trace), trace_file=trace_file, timeline=timeline,
+        matters=chart_of(matters), matters_note=matters_note)

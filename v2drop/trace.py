@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 __all__ = ["SampleTrace", "Trace", "PatchLayout"]
@@ -101,8 +101,10 @@ class Trace:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Trace":
-        data = dict(data)
-        data.pop("decode_tokens_per_second", None)
+        """The trace back from :meth:`to_dict` (or its JSON). Top-level keys that are not trace fields
+        are annotations added by tools (e.g. the app's ``what_matters``) and are left out."""
+        names = {f.name for f in fields(cls)}
+        data = {key: value for key, value in data.items() if key in names}
         samples = []
         for s in data.pop("samples", []):
             s = dict(s)

@@ -1,6 +1,8 @@
-"""Plotly charts of a run: vision tokens alive per layer, and latency / speed / memory of the
-unpruned and the V²Drop run side by side. Inputs are a :class:`v2drop.Trace` and run statistics
-as dicts (``RunStats.to_dict()`` from :mod:`studio.pair`, or any dict with the same keys)."""
+"""Plotly charts of a run: vision tokens alive per layer, latency / speed / memory of the
+unpruned and the V²Drop run side by side, and the share of the tokens that matter (ground truth or
+marked) still alive per layer, per method (:func:`matters_chart`). Inputs are a
+:class:`v2drop.Trace` and run statistics as dicts (``RunStats.to_dict()`` from :mod:`studio.pair`,
+or any dict with the same keys)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from plotly.subplots import make_subplots
 from v2drop.trace import SampleTrace, Trace
 
 __all__ = ["alive_chart", "performance_chart", "metrics_rows", "METRIC_HEADERS", "retention_chart",
-           "COLOURS", "METRICS", "alive_per_frame", "frame_timeline", "sweep_chart"]
+           "COLOURS", "METRICS", "alive_per_frame", "frame_timeline", "sweep_chart", "MattersSeries", "matters_alive",
+           "matters_series", "matters_chart"]
 
 COLOURS = {"unpruned": "#7f8c8d", "V²Drop": "#e4572e"}
 # (key in the stats dict, title, unit, scale)
@@ -153,7 +156,8 @@ def matters_series(runs: Mapping[str, SampleTrace | None], tokens: Iterable[int]
                    num_layers: int) -> list[MattersSeries]:
     """One :class:`MattersSeries` per run (name -> its sample; None for the unpruned model), in order."""
     tokens = sorted({int(t) for t in tokens})
-    return [MattersSeries(name, matters_alive(sample, tokens, num_layers), len(tokens)) for name, sample in runs.items()]
+    return [MattersSeries(name, matters_alive(sample, tokens, num_layers), len(tokens))
+            for name, sample in runs.items()]
 
 
 def matters_chart(series: Sequence[MattersSeries], source: str = "truth",

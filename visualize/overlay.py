@@ -15,12 +15,15 @@ Qwen2.5-VL, whose temporal patches merge two frames: pass ``step=frames_per_layo
 the tile then shows the pair's first frame), tiles in rows.
 
 Colours: kept patches are shown as they are, patches dropped earlier are dimmed grey, and the
-patches dropped *at* the shown drop layer are tinted red.
+patches dropped *at* the shown drop layer are tinted red. ``outline=`` (any overlay) draws a cyan
+contour around a set of vision tokens: the ones that matter for the question (the ground truth of
+a generated scene, or what a visitor marked; :func:`tokens_in_mask` turns a painted mask into
+tokens).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -29,13 +32,17 @@ from v2drop.trace import PatchLayout, SampleTrace
 
 __all__ = ["kept_overlay", "variation_heatmap", "dropped_overlay", "patch_boxes", "layer_status",
            "colormap", "DROPPED_NOW_RGB", "DEAD_RGB", "PANEL_SIZE",
-           "frame_strip", "strip_tiles", "frame_labels", "contact_sheet", "TILE_SIZE"]
+           "frame_strip", "strip_tiles", "frame_labels", "contact_sheet", "TILE_SIZE", "tokens_in_mask",
+           "OUTLINE_RGB", "MARK_MIN_SHARE", "sample_layout"]
 
 PANEL_SIZE = 384                 # longer side of one panel, in pixels
 DEAD_RGB = (40, 40, 48)          # colour mixed into tokens no longer alive
 DROPPED_NOW_RGB = (230, 30, 30)  # tokens dropped at the shown drop layer
 DIM_ALPHA = 0.78                 # how strongly dead patches are dimmed
 RED_ALPHA = 0.62
+OUTLINE_RGB = (0, 229, 255)      # contour of the tokens that matter (cyan: apart from red, grey and the heat map)
+OUTLINE_WIDTH = 3                # pixels, drawn inside the outlined patches
+MARK_MIN_SHARE = 0.25            # a vision token is marked when at least this share of its patch is painted
 
 _INFERNO = np.array([  # anchor colours of a perceptually ordered map (dark -> bright)
     (0, 0, 4), (40, 11, 84), (101, 21, 110), (159, 42, 99), (212, 72, 66), (245, 125, 21), (250, 193, 39),
@@ -51,7 +58,8 @@ def colormap(values: np.ndarray) -> np.ndarray:
     return (_INFERNO[lo] * (1 - t) + _INFERNO[hi] * t).round().astype(np.uint8)
 
 
-def _layout(sample: SampleTrace) -> PatchLayout:
+def sample_layout(sample: SampleTrace) -> PatchLayout:
+    """The sample's patch layout; without one, a single square raster grid (or ValueError)."""
     if sample.layout is not None:
         return sample.layout
     n = sample.num_vision_tokens  # no layout recorded: assume one square raster grid
@@ -103,16 +111,19 @@ def _compose(panels: list[Image.Image], layout: PatchLayout) -> Image.Image:
 
 
 def _render(image: Image.Image, sample: SampleTrace, region, size: int,
-            colour_of) -> Image.Image:
-    """Paint every patch: ``colour_of(ordinal) -> (rgb, alpha) or None``; one panel per frame."""
-    layout = _layout(sample)
+            colour_of, outline: Collection[int] | None = None) -> Image.Image:
+    """Paint every patch: ``colour_of(ordinal) -> (rgb, alpha) or None``; one panel per frame;
+    the ``outline`` tokens get a contour."""
+    layout = sample_layout(sample)
     base = _panel_base(image, region, size)
-    return _compose(_paint_panels([base] * len(layout.grids), layout, colour_of), layout)
+    return _compose(_paint_panels([base] * len(layout.grids), layout, colour_of, outline), layout)
 
 
-def _paint_panels(bases: list[Image.Image], layout: PatchLayout, colour_of) -> list[Image.Image]:
+def _paint_panels(bases: list[Image.Image], layout: PatchLayout, colour_of,
+                  outline: Collection[int] | None = None) -> list[Image.Image]:
     """One panel per layout frame: ``bases[frame]`` (all of one size) with each of the frame's
-    patches blended with ``colour_of(ordinal) -> (rgb, alpha) or None``, and its grid lines."""
+    patches blended with ``colour_of(ordinal) -> (rgb, alpha) or None``, its grid lines, and a
+    contour around the ``outline`` tokens."""
     boxes = patch_boxes(layout, bases[0].size)
     arrays = [np.asarray(base, dtype=np.float32).copy() for base in bases]   # (H, W, 3) each
     for ordinal, (frame, x0, y0, x1, y1) in boxes.items():
@@ -127,7 +138,62 @@ def _paint_panels(bases: list[Image.Image], layout: PatchLayout, colour_of) -> l
         panel = Image.fromarray(arr.clip(0, 255).astype(np.uint8))
         _grid_lines(panel, layout.grids[frame])
         panels.append(panel)
+    if outline:
+        _outline(panels, layout, boxes, set(outline))
     return panels
+
+
+def _outline(panels: list[Image.Image], layout: PatchLayout, boxes: dict, tokens: set[int]) -> None:
+    """Draw, inside each outlined patch, the sides it does not share with another outlined patch
+    of its frame: one contour around each connected group of tokens."""
+    where = {(layout.cells[i][0], layout.cells[i][1], layout.cells[i][2]) for i in tokens if i in boxes}
+    draws = [ImageDraw.Draw(panel) for panel in panels]
+    for i in tokens:
+        if i not in boxes:
+            continue
+        frame, x0, y0, x1, y1 = boxes[i]
+        _, row, col = layout.cells[i]
+        w = max(1, min(OUTLINE_WIDTH, (x1 - x0) // 3, (y1 - y0) // 3))
+        sides = {(row, col - 1): (x0, y0, x0 + w - 1, y1 - 1), (row, col + 1): (x1 - w, y0, x1 - 1, y1 - 1),
+                 (row - 1, col): (x0, y0, x1 - 1, y0 + w - 1), (row + 1, col): (x0, y1 - w, x1 - 1, y1 - 1)}
+        for (r, c), rect in sides.items():
+            if (frame, r, c) not in where:
+                draws[frame].rectangle(rect, fill=OUTLINE_RGB)
+
+
+def tokens_in_mask(layout: PatchLayout, mask: np.ndarray, region: Sequence[float] | None = None,
+                   image_size: tuple[int, int] | None = None, min_share: float = MARK_MIN_SHARE) -> list[int]:
+    """The vision tokens whose patch is at least ``min_share`` covered by ``mask``.
+
+    ``mask``: a (h, w) array over the whole image, at any resolution (bool, or coverage in [0, 1]),
+    e.g. a brush layer's alpha. ``region`` (pixels of an ``image_size`` image, see
+    :func:`studio.inputs.image_region`) is the part of the image the grids cover; by default the
+    whole image. Each frame of ``layout`` covers that region, as in the overlays (a multi-crop
+    image's base grid and crop grid both get their tokens); newline tokens are never marked."""
+    cover = np.asarray(mask, dtype=np.float32)
+    if cover.ndim != 2 or cover.size == 0:
+        raise ValueError(f"the mask must be a non-empty 2-D array, got shape {cover.shape}")
+    cover = np.clip(cover, 0.0, 1.0)
+    if region is not None:
+        if image_size is None:
+            raise ValueError("a region needs the image size it is measured in")
+        sx, sy = cover.shape[1] / image_size[0], cover.shape[0] / image_size[1]
+        x0, y0, x1, y1 = region
+        cover = cover[int(round(y0 * sy)):max(int(round(y1 * sy)), int(round(y0 * sy)) + 1),
+                      int(round(x0 * sx)):max(int(round(x1 * sx)), int(round(x0 * sx)) + 1)]
+    finest = max((max(rows, cols) for rows, cols in layout.grids), default=1)
+    factor = -(-4 * finest // max(1, min(cover.shape)))  # at least 4 mask pixels per patch side
+    if factor > 1:
+        cover = np.repeat(np.repeat(cover, factor, axis=0), factor, axis=1)
+    summed = np.pad(cover.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    h, w = cover.shape
+    marked = []
+    for ordinal, (frame, x0, y0, x1, y1) in patch_boxes(layout, (w, h)).items():
+        area = max(1, (x1 - x0) * (y1 - y0))
+        painted = summed[y1, x1] - summed[y0, x1] - summed[y1, x0] + summed[y0, x0]
+        if painted / area >= min_share - 1e-6:
+            marked.append(ordinal)
+    return marked
 
 
 def _grid_lines(panel: Image.Image, grid: tuple[int, int]) -> None:
@@ -153,10 +219,11 @@ def layer_status(sample: SampleTrace, layer: int) -> tuple[set[int], set[int]]:
 
 
 def kept_overlay(image: Image.Image, sample: SampleTrace, layer: int, region: Sequence[float] | None = None,
-                 size: int = PANEL_SIZE) -> Image.Image:
+                 size: int = PANEL_SIZE, outline: Collection[int] | None = None) -> Image.Image:
     """The image with the vision tokens that layer ``layer`` processes shown as they are, the ones
-    dropped before it dimmed, and the ones dropped right at it (a drop layer) tinted red."""
-    return _render(image, sample, region, size, _kept_colours(sample, layer))
+    dropped before it dimmed, and the ones dropped right at it (a drop layer) tinted red. The
+    ``outline`` tokens (e.g. the question's objects) get a cyan contour."""
+    return _render(image, sample, region, size, _kept_colours(sample, layer), outline)
 
 
 def _kept_colours(sample: SampleTrace, layer: int):
@@ -173,22 +240,23 @@ def _kept_colours(sample: SampleTrace, layer: int):
 
 
 def dropped_overlay(image: Image.Image, sample: SampleTrace, layer: int, region: Sequence[float] | None = None,
-                    size: int = PANEL_SIZE) -> Image.Image:
+                    size: int = PANEL_SIZE, outline: Collection[int] | None = None) -> Image.Image:
     """Which patches went at drop layer ``layer``: those tinted red (dropped there), grey (dropped
     at an earlier layer), untouched (still alive after it). ``ValueError`` if not a drop layer."""
     if layer not in sample.kept:
         raise ValueError(f"layer {layer} is not a drop layer of this run (drop layers: {sorted(sample.kept)})")
-    return kept_overlay(image, sample, layer, region, size)
+    return kept_overlay(image, sample, layer, region, size, outline)
 
 
 def variation_heatmap(image: Image.Image, sample: SampleTrace, layer: int, region: Sequence[float] | None = None,
                       size: int = PANEL_SIZE, alpha: float = 0.6, normalise: str = "layer",
-                      ) -> Image.Image:
+                      outline: Collection[int] | None = None) -> Image.Image:
     """The variation score ``‖h_l − h_(l−1)‖₂`` of every vision token alive at ``layer``, as a colour
     map over its patch (dark = little change, bright = much); tokens no longer alive are dark grey.
     ``normalise="layer"`` stretches this layer's scores to the full colour range; ``"log"`` first
-    takes log1p. Needs the run's trace made with ``trace_all_layers=True`` (or a drop layer)."""
-    return _render(image, sample, region, size, _variation_colours(sample, layer, alpha, normalise))
+    takes log1p. Needs the run's trace made with ``trace_all_layers=True`` (or a drop layer). The
+    ``outline`` tokens get a cyan contour."""
+    return _render(image, sample, region, size, _variation_colours(sample, layer, alpha, normalise), outline)
 
 
 def _variation_colours(sample: SampleTrace, layer: int, alpha: float = 0.6, normalise: str = "layer"):
@@ -254,7 +322,7 @@ def strip_tiles(frames: Sequence[Image.Image], sample: SampleTrace, layer: int, 
         colour_of = _variation_colours(sample, layer, alpha, normalise)
     else:
         raise ValueError(f"mode must be 'kept', 'dropped' or 'variation', got {mode!r}")
-    layout = _layout(sample)
+    layout = sample_layout(sample)
     step = max(1, int(step))
     bases = [_panel_base(frames[min(f * step, len(frames) - 1)], None, size) for f in range(len(layout.grids))]
     if not bases:
@@ -275,7 +343,7 @@ def frame_strip(frames: Sequence[Image.Image], sample: SampleTrace, layer: int, 
     unless ``layer`` is a drop layer) or ``"variation"`` (as :func:`variation_heatmap`). Each tile
     is labelled with its frame(s), time and alive tokens of that frame."""
     tiles = strip_tiles(frames, sample, layer, mode, step, size, alpha, normalise)
-    layout = _layout(sample)
+    layout = sample_layout(sample)
     alive = set(sample.alive_after(layer))
     totals = [0] * len(tiles)
     kept = [0] * len(tiles)
