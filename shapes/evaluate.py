@@ -69,28 +69,36 @@ def answer(model, processor, images, questions, max_new_tokens=3):
 
 
 @torch.no_grad()
-def object_variation(model, processor, samples, layers=(1, 2, 4, 6)) -> list[dict]:
+def object_variation(model, processor, samples, layers=(1, 2, 4, 6), batch_size: int = 32) -> list[dict]:
     """Are the object patches V²Drop's *active* or *lazy* tokens on this model?
 
-    One unpruned forward pass over ``samples`` (benchmark ``Sample``s).  For each layer l in
-    ``layers``, V²Drop's score of a vision token is ``‖h_in(l) − h_in(l−1)‖₂``.  Returns one row
-    per layer: the mean score over object patches (``train.object_patches`` of every object) and
-    over the other patches, and the share of object patches that rank in the top half of their
-    image (the half a keep-half step at that layer would keep)."""
-    from .train import object_patches
+    Unpruned forward passes over ``samples`` (``Sample``s).  For each layer l in ``layers``
+    (``None``: every layer from 1 up), V²Drop's score of a vision token is ``‖h_in(l) − h_in(l−1)‖₂``.
+    Returns one row per layer: the mean score over object patches (the ground truth of
+    ``shapes.truth.objects_mask``) and over the other patches, and the share of object patches
+    that rank in the top half of their image (the half a keep-half step at that layer keeps)."""
+    from .truth import objects_mask
 
-    inputs = build_inputs(processor, [s.image for s in samples], [s.question for s in samples]).to(model.device)
-    hidden = model(**inputs, output_hidden_states=True).hidden_states  # (layers + 1) x (batch, seq, dim)
-    vision = inputs["input_ids"] == model.config.image_token_id  # (batch, seq)
-    objects = torch.stack([torch.from_numpy(np.any([object_patches(o) for o in s.objects], axis=0))
-                           for s in samples]).to(model.device)  # (batch, 256)
+    if layers is None:
+        layers = tuple(range(1, model.config.text_config.num_hidden_layers))
+    scores, objects = {layer: [] for layer in layers}, []
+    for i in range(0, len(samples), batch_size):
+        chunk = samples[i: i + batch_size]
+        inputs = build_inputs(processor, [s.image for s in chunk], [s.question for s in chunk]).to(model.device)
+        hidden = model(**inputs, output_hidden_states=True).hidden_states  # (layers + 1) x (batch, seq, dim)
+        vision = inputs["input_ids"] == model.config.image_token_id  # (batch, seq)
+        for layer in layers:
+            score = (hidden[layer] - hidden[layer - 1]).norm(dim=-1)[vision].view(len(chunk), -1)  # (batch, 256)
+            scores[layer].append(score)
+        objects += [torch.from_numpy(objects_mask(s.objects)) for s in chunk]
+    on_object = torch.stack(objects).to(model.device)  # (n, 256)
     rows = []
     for layer in layers:
-        score = (hidden[layer] - hidden[layer - 1]).norm(dim=-1)[vision].view(len(samples), -1)  # (batch, 256)
+        score = torch.cat(scores[layer])
         top_half = score >= score.median(dim=1, keepdim=True).values
-        rows.append({"layer": layer, "object": score[objects].mean().item(),
-                     "background": score[~objects].mean().item(),
-                     "object_in_top_half": top_half[objects].float().mean().item()})
+        rows.append({"layer": layer, "object": score[on_object].mean().item(),
+                     "background": score[~on_object].mean().item(),
+                     "object_in_top_half": top_half[on_object].float().mean().item()})
     return rows
 
 

@@ -65,7 +65,7 @@ import torch
 from PIL import Image
 from torch.utils.hooks import RemovableHandle
 
-from . import scenes
+from . import drawn, scenes
 from .model import NUM_VISION_TOKENS, build_model, build_processor
 
 VAL_SEED = 55555  # small validation stream (neither the training nor the benchmark seed)
@@ -404,24 +404,25 @@ def curriculum_cap(step, total, frac):
     return int(6 * step / (frac * total))
 
 
-def train_samples(data_seed, step, batch_size, max_turns, max_others=None, qtype=None):
+def train_samples(data_seed, step, batch_size, max_turns, max_others=None, qtype=None, drawn_share=0.0):
     """The ``step``-th batch of the training stream: one scene per sample with 1..max_turns QA
     turns.  ``qtype`` (stage 3) makes every primary question of that type, answers balanced
-    (``scenes.sample``); otherwise types go round-robin and ``max_others`` caps the scene."""
+    (``scenes.sample``); otherwise types go round-robin and ``max_others`` caps the scene.
+    ``drawn_share`` of the scenes are drawn as in a paint program (``shapes.drawn``)."""
     out = []
     for j in range(batch_size):
         idx = step * batch_size + j
         rng = np.random.default_rng([int(data_seed), idx])
         n_extra = int(rng.integers(0, max_turns))  # 0 .. max_turns-1 extra turns
-        out.append(scenes.sample(data_seed, idx, qtype=qtype, n_extra=n_extra, balanced=qtype is not None,
-                                 max_others=max_others))
+        out.append(drawn.training_sample(data_seed, idx, drawn_share, qtype=qtype, n_extra=n_extra,
+                                         balanced=qtype is not None, max_others=max_others))
     return out
 
 
-def focus_samples(data_seed, step, batch_size, max_turns, qtype, only_focus_turns=False):
+def focus_samples(data_seed, step, batch_size, max_turns, qtype, only_focus_turns=False, drawn_share=0.0):
     """Stage-3 batch: ``train_samples`` with every primary question of ``qtype`` (fresh scenes:
     the indices follow stage 2's).  ``only_focus_turns`` also drops the extra turns of other types."""
-    out = train_samples(data_seed, step, batch_size, max_turns, qtype=qtype)
+    out = train_samples(data_seed, step, batch_size, max_turns, qtype=qtype, drawn_share=drawn_share)
     if only_focus_turns:
         for s in out:
             s.extra = [x for x in s.extra if x[2] == qtype]
@@ -482,8 +483,8 @@ def run_stage1(model, aux, captured, args, device, ckpt_path, opt) -> None:
     for vstep in range(vstart, args.vision_steps):
         for g in vopt.param_groups:
             g["lr"] = lr_at(vstep, args.vision_steps, args.vision_lr, 50)
-        samples = [scenes.sample(args.data_seed + VISION_SEED_OFFSET, vstep * args.vision_batch_size + j,
-                                 balanced=False) for j in range(args.vision_batch_size)]
+        samples = [drawn.training_sample(args.data_seed + VISION_SEED_OFFSET, vstep * args.vision_batch_size + j,
+                                         args.drawn_share, balanced=False) for j in range(args.vision_batch_size)]
         pix = pixel_values_from_images([s.image for s in samples]).to(device)
         model.model.get_image_features(pix, vision_feature_layer=-1, vision_feature_select_strategy="full")
         loss = aux.loss(captured.pop("feats"), batch_patch_labels(samples, device))
@@ -600,6 +601,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--focus-attn-weight", type=float, default=None, help="stage-3 --attn-weight (default: the same)")
     ap.add_argument("--focus-only", action="store_true", help="stage 3: extra turns of --focus-qtype only")
     ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--drawn-share", type=float, default=0.0,
+                    help="share of training scenes drawn as in a paint program (shapes.drawn); 0 = the generator's")
+    ap.add_argument("--init-from", default=None,
+                    help="start from this saved model's weights instead of a random init (fine-tuning; "
+                         "stage 1 is skipped, the throw-away probes start fresh)")
     ap.add_argument("--seed", type=int, default=0, help="model init seed")
     ap.add_argument("--data-seed", type=int, default=scenes.TRAIN_SEED)
     ap.add_argument("--ckpt-dir", default=os.environ.get("SHAPES_CKPT_DIR", DEFAULT_CKPT_DIR),
@@ -663,7 +669,9 @@ def build_training(args: argparse.Namespace, device: torch.device) -> Training:
     model = build_model(seed=args.seed, tokenizer=tok).to(device)
     model.train()
     torch.manual_seed(args.seed + 1)
-    if args.pos_init > 0:
+    if args.init_from:
+        model.load_state_dict(load_model_weights(args.init_from))
+    elif args.pos_init > 0:
         init_position_embeddings(model, args.pos_init)
     aux = make_aux_head(model, tok).to(device)
     probe = HopProbe(model.config.text_config.hidden_size).to(device)
@@ -674,6 +682,13 @@ def build_training(args: argparse.Namespace, device: torch.device) -> Training:
                  plural_ids=set(tok.convert_tokens_to_ids(list(scenes.PLURAL.values()))))
     t.hooks, t.restore_attention = install_supervision_hooks(model, args, t.captured)
     return t
+
+
+def load_model_weights(model_dir: str) -> dict[str, torch.Tensor]:
+    """The state dict of a saved Shapes model (``model.safetensors``), for ``--init-from``."""
+    from transformers import AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText.from_pretrained(model_dir).state_dict()
 
 
 def install_supervision_hooks(model: torch.nn.Module, args: argparse.Namespace, captured: dict[str, Any]
@@ -714,7 +729,7 @@ def resume_or_run_stage1(t: Training, args: argparse.Namespace, device: torch.de
         start = load_checkpoint(ckpt_path, t.model, t.aux, t.optimizer, "opt", "step", device, t.probe)
         print(f"resumed from {ckpt_path} at step {start}", flush=True)
         return start
-    if args.vision_steps > 0 and not args.bench_steps:
+    if args.vision_steps > 0 and not args.bench_steps and not args.init_from:
         run_stage1(t.model, t.aux, t.captured, args, device, ckpt_path, t.optimizer)
     return 0
 
@@ -726,11 +741,11 @@ def stage_batch(step: int, args: argparse.Namespace) -> tuple[list[scenes.Sample
     if step < args.steps:
         lr = lr_at(step, args.steps, args.lr, args.warmup)
         samples = train_samples(args.data_seed, step, args.batch_size, args.max_turns,
-                                curriculum_cap(step, args.steps, args.curriculum))
+                                curriculum_cap(step, args.steps, args.curriculum), drawn_share=args.drawn_share)
         return samples, lr, args.attn_weight
     lr = lr_at(step - args.steps, args.focus_steps, args.focus_lr, args.focus_steps // 10)
     samples = focus_samples(args.data_seed, step, args.batch_size, args.max_turns, args.focus_qtype,
-                            args.focus_only)
+                            args.focus_only, args.drawn_share)
     attn_weight = args.attn_weight if args.focus_attn_weight is None else args.focus_attn_weight
     return samples, lr, attn_weight
 

@@ -54,18 +54,18 @@ def test_object_variation_is_the_v2drop_score_on_object_and_background_patches()
     import torch
 
     from shapes.evaluate import build_inputs
-    from shapes.train import object_patches
+    from shapes.truth import objects_mask
 
     proc = build_processor()
     model = build_model(seed=0, tokenizer=proc.tokenizer).eval()
     samples = scenes.benchmark(3)
-    rows = object_variation(model, proc, samples, layers=(1, 3))
+    rows = object_variation(model, proc, samples, layers=(1, 3), batch_size=2)
     inputs = build_inputs(proc, [s.image for s in samples], [s.question for s in samples])
     with torch.no_grad():
         hidden = model(**inputs, output_hidden_states=True).hidden_states
     vision = inputs["input_ids"] == model.config.image_token_id
     score = (hidden[3] - hidden[2]).norm(dim=-1)[vision].view(3, 256)  # layer 3's score, by hand
-    on_objects = torch.stack([torch.from_numpy(sum(object_patches(o) for o in s.objects) > 0) for s in samples])
+    on_objects = torch.stack([torch.from_numpy(objects_mask(s.objects)) for s in samples])
     assert [r["layer"] for r in rows] == [1, 3]
     assert abs(rows[1]["object"] - score[on_objects].mean().item()) < 1e-3
     assert abs(rows[1]["background"] - score[~on_objects].mean().item()) < 1e-3
