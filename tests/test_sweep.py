@@ -155,3 +155,5 @@ def test_sweep_chart_draws_one_line_per_method_and_budget_with_gaps():
     assert list(v2_rel_33.x) == [1, 2, 3] and v2_rel_33.y[2] is None and v2_rel_33.y[1] == pytest.approx(20.0)
     assert "1:0.5" in v2_rel_33.text[0] and "unreachable" in v2_rel_33.text[2]
     assert "toy" in fig.layout.title.text and "90.0" in fig.layout.title.text
+    shaded = [(s.x0, s.x1, s.xref) for s in fig.layout.shapes if s.type == "rect"]
+    assert shaded == [(2.5, 3.5, "x2"), (2.5, 3.5, "x4")]  # the 33 % column, both rows

@@ -257,6 +257,13 @@ def sweep_chart(sweep: Mapping[str, Any]) -> go.Figure:
                                          hovertemplate="%{text}<br>" + ("relative" if row == 1 else "recall")
                                          + " %{y:.1f} %<extra></extra>", **style), row=row, col=col)
         fig.add_hline(y=100, line=dict(color="#bbbbbb", dash="dash"), row=1, col=col)
+        out_of_reach = [r["first_layer"] for r in rows if r["budget"] == budget and not r["reachable"]]
+        if out_of_reach:
+            fig.add_vrect(x0=min(out_of_reach) - 0.5, x1=max(out_of_reach) + 0.5, fillcolor="#888888", opacity=0.12,
+                          line_width=0, annotation_text="budget unreachable", annotation_position="top left",
+                          row="all", col=col)
+    layers = [r["first_layer"] for r in rows]
+    fig.update_xaxes(range=[min(layers) - 0.5, max(layers) + 0.5])
     fig.update_xaxes(title_text="first drop layer", dtick=1, row=2)
     fig.update_yaxes(title_text="accuracy, % of unpruned", rangemode="tozero", row=1, col=1)
     fig.update_yaxes(title_text="object patches alive, %", range=[0, 105], row=2, col=1)
