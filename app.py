@@ -32,6 +32,7 @@ from transformers.utils import logging as transformers_logging
 from studio.handlers import Studio, notice
 from studio.hosting import HostingPolicy, add_arguments
 from studio.inputs import load_image
+from studio.marks import mark_brush
 from studio.matters import BASELINES, baseline_label
 from studio.pair import stream_pair
 from studio.registry import EMBEDDED_ID, ModelRegistry
@@ -250,8 +251,7 @@ def _matters_tab() -> tuple:
         with gr.Column(scale=1, min_width=260):
             editor = gr.ImageEditor(label="Mark what matters (brush)", type="numpy", image_mode="RGBA", sources=[],
                                     transforms=[], layers=False, format="png", height=320, elem_id="mark-editor",
-                                    brush=gr.Brush(colors=[("#00e5ff", 0.6)], color_mode="fixed"),
-                                    buttons=[])
+                                    brush=mark_brush(), buttons=[])
             clear_marks = gr.Button("Clear the mark", size="sm", elem_id="clear-marks")
             baseline = gr.Dropdown(choices=[(baseline_label(m), m) for m in BASELINES], value="none",
                                    label="Add a baseline (one extra prefill at V²Drop's average budget)",
@@ -326,8 +326,8 @@ def _wire_matters(studio: Studio, media: MediaPanel, run: RunPanel, state: gr.St
     """Marks and the baseline pick redraw the what-matters chart and the outlines of the last run."""
     views = [run.kept, run.heat, run.dropped, run.matters, run.matters_note, run.trace_file]
     shown = [run.layer, run.drop_layer, state]
-    run.editor.change(studio.on_mark, [run.editor] + shown, views + [state], api_name="mark",
-                      trigger_mode="always_last")
+    # a brush stroke (user input only: the app setting the editor's picture fires nothing)
+    run.editor.input(studio.on_mark, [run.editor] + shown, views + [state], api_name="mark", trigger_mode="always_last")
     box = [gr.Number(visible=False) for _ in range(4)]  # x0, y0, x1, y1 in pixels of the picture (API only)
     gr.Button(visible=False).click(studio.on_mark_box, box + shown, views + [run.editor, state], api_name="mark_box")
     media.preview.select(studio.on_picture_click, shown, views + [run.editor, state], api_visibility="private")

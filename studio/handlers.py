@@ -29,7 +29,8 @@ from PIL import Image
 from studio.ground_truth import GroundTruth
 from studio.image_cap import image_caption
 from studio.inputs import ChatInputError, check_prompt, check_special_tokens, image_region, load_image
-from studio.marks import editor_value, load_mask, mask_from_box, mask_from_editor, painted_share, save_mask
+from studio.marks import (editor_value, load_mask, mark_brush, mask_from_box, mask_from_editor, painted_share,
+                          save_mask)
 from studio.matters import (BASELINES, NO_RUN_NOTE, baseline_label, chart_of, find_matters, matters_state,
                             trace_record)
 from studio.pair import PairEvent, prefill_trace, stream_pair
@@ -208,13 +209,14 @@ class Studio:
         scene = self.truth.scene_of(image)  # the picture's pixels decide, not the file's name
         state.truth = scene.name if scene else None
         self._forget_mark(state)
+        state.box_corner = None
         state.new_chat()
         return notes
 
     @staticmethod
     def _forget_mark(state: PageState) -> None:
         _remove(state.mark_file)
-        state.mark_file, state.box_corner = None, None
+        state.mark_file = None
 
     def on_image(self, path: str | None, state: PageState, request: gr.Request):
         """Validate an upload, show it, and start a new conversation about it."""
@@ -222,7 +224,7 @@ class Studio:
         state.new_chat()
         if not path:
             _remove(state.image)
-            state.image = state.image_src = state.truth = None
+            state.image = state.image_src = state.truth = state.box_corner = None
             self._forget_mark(state)
             return None, [], [], "", state
         try:
@@ -478,7 +480,8 @@ class Studio:
         note = found.note if found else self._no_matters_note(state)
         if baseline is not None and found and found.tokens:
             info = baseline[0]
-            note += f" {info['label']} ran one prefill at V²Drop's layer-averaged budget: `{info['schedule']}`."
+            note += (f" The {info['label']} baseline: one prefill at V²Drop's layer-averaged budget, "
+                     f"`{info['schedule']}`.")
             if info.get("note"):
                 note += f" ({info['note']}.)"
         return note
@@ -524,9 +527,12 @@ class Studio:
         session = self.session(state, request)
         try:
             self._mark_target(state)
-            note = self._store_mark(mask_from_editor(value), state, session)
+            mask = mask_from_editor(value)
         except ChatInputError as err:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), notice(str(err), "error"), gr.skip(), state
+        if mask is None and not state.mark_file:  # nothing painted, nothing to forget (e.g. the editor's load)
+            return (gr.skip(),) * 7
+        note = self._store_mark(mask, state, session)
         return *self._redraw(state, session, layer, drop_layer, note), state
 
     def on_mark_box(self, x0: float, y0: float, x1: float, y1: float, layer: Any, drop_layer: Any,
@@ -583,13 +589,17 @@ class Studio:
         return chart_of(state.matters), note, state.trace_file, state
 
     def editor_for(self, state: PageState):
-        """The mark editor's value for the current picture (with its mark, if any)."""
+        """The mark editor for the current picture: its value (with the mark, if any) and a brush
+        sized for it."""
         if state.media != "image" or not state.image:
-            return None
+            return gr.ImageEditor(value=None)
         try:
-            return editor_value(state.image, load_mask(state.mark_file) if state.mark_file else None)
+            with Image.open(state.image) as image:
+                size = image.size
+            value = editor_value(state.image, load_mask(state.mark_file) if state.mark_file else None)
         except OSError:
-            return editor_value(state.image)
+            return gr.ImageEditor(value=None)
+        return gr.ImageEditor(value=value, brush=mark_brush(size))
 
     # ------------------------------------------------------------------------ layers
     def _last_run(self, state: PageState) -> tuple[Trace, Media] | None:

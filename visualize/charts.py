@@ -125,7 +125,7 @@ def retention_chart(samples: Sequence[SampleTrace], layer: int | None = None, bi
 # ------------------------------------------------------------------------------------ what matters
 MATTERS_COLOURS = {"unpruned": COLOURS["unpruned"], "V²Drop": COLOURS["V²Drop"]}
 BASELINE_COLOUR = "#2f6db5"
-MATTERS_SOURCES = {"truth": "Ground truth: the question's object patches", "marked": "Hand-marked patches"}
+MATTERS_SOURCES = {"truth": "Ground truth: the question's objects", "marked": "Hand-marked patches"}
 
 
 @dataclass
@@ -183,7 +183,8 @@ def matters_chart(series: Sequence[MattersSeries], source: str = "truth",
     layers = len(series[0].alive) if series else 0
     fig.update_xaxes(title_text="decoder layer", dtick=1 if layers <= 32 else None)
     fig.update_yaxes(title_text="alive (%)", range=[-3, 105])
-    return _layout(fig, f"{MATTERS_SOURCES[source]} alive per layer ({total} vision tokens)", 340)
+    _layout(fig, f"{MATTERS_SOURCES[source]}, {total} vision tokens", 360)
+    return fig.update_layout(legend=dict(orientation="h", y=-0.32), margin=dict(b=80))
 
 
 def alive_per_frame(sample: SampleTrace, num_layers: int) -> np.ndarray:
