@@ -29,10 +29,9 @@ from typing import Any
 import gradio as gr
 from transformers.utils import logging as transformers_logging
 
-from studio.handlers import Studio, notice
+from studio.handlers import Studio, mark_brush, notice
 from studio.hosting import HostingPolicy, add_arguments
 from studio.inputs import load_image
-from studio.marks import mark_brush
 from studio.matters import BASELINES, baseline_label
 from studio.pair import stream_pair
 from studio.registry import EMBEDDED_ID, ModelRegistry
@@ -204,8 +203,9 @@ def _chat_panel() -> ChatPanel:
         send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
         clear = gr.Button("Clear chat", scale=1)
     examples = [(str(EXAMPLES_DIR / f), q) for f, q in EXAMPLES if (EXAMPLES_DIR / f).exists()]
-    gallery = gr.Gallery(examples, label="Example gallery: click one (shapes scenes suit the embedded model; photos "
-                         "suit hub models)", columns=8, height=170, allow_preview=False, elem_id="gallery")
+    gallery = gr.Gallery(examples, label="Example gallery: click one (shapes scenes, with their ground truth, suit "
+                         "the embedded model; photos suit hub models)", columns=8, height=170, allow_preview=False,
+                         elem_id="gallery")
     return ChatPanel(full, drop, question, send, clear, gallery)
 
 

@@ -8,6 +8,11 @@ Model side (no Gradio; usable from a notebook):
 - :mod:`studio.schedules`: presets for a model and a schedule's predicted budget;
 - :mod:`studio.registry`: :class:`~studio.registry.ModelRegistry`, the one lock-protected model loader.
 
+What matters (no Gradio either): :mod:`studio.ground_truth` (a gallery scene found by its pixels, and
+the vision tokens of the objects a question names, on any patch layout), :mod:`studio.marks` (a
+visitor's brush or box as a mask over the picture) and :mod:`studio.matters` (the tokens the chart
+follows, its data in the session's state, the record in the downloadable trace).
+
 Hosting (what makes a public server safe): :mod:`studio.hosting` (the operator's launch policy),
 :mod:`studio.sessions` (per-session folders, frame cache, clean-up), :mod:`studio.image_cap`.
 The page's handlers and views (:mod:`studio.handlers`, :mod:`studio.views`, :mod:`studio.state`) are

@@ -14,14 +14,13 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-import gradio as gr
 import numpy as np
 from PIL import Image
 
 from studio.inputs import ChatInputError
 
-__all__ = ["MAX_MARK_SIDE", "mask_from_editor", "mask_from_box", "save_mask", "load_mask", "editor_value",
-           "painted_share", "mark_brush", "brush_size"]
+__all__ = ["MAX_MARK_SIDE", "BRUSH_COLOUR", "mask_from_editor", "mask_from_box", "save_mask", "load_mask",
+           "editor_value", "painted_share", "brush_size"]
 
 MAX_MARK_SIDE = 1024  # a mark is stored at most this long (a coverage map: finer than any patch grid)
 UNREADABLE = "The mark could not be read: paint it again on the picture."
@@ -31,11 +30,6 @@ BRUSH_COLOUR = ("#00e5ff", 0.6)  # the outlines' cyan, half transparent
 def brush_size(image_size: tuple[int, int] | None) -> int | str:
     """A brush radius of about 1/32 of the picture's longer side (half a patch of the Shapes model)."""
     return max(2, round(max(image_size) / 32)) if image_size else "auto"
-
-
-def mark_brush(image_size: tuple[int, int] | None = None) -> gr.Brush:
-    """The editor's one brush: cyan, sized for the picture."""
-    return gr.Brush(default_size=brush_size(image_size), colors=[BRUSH_COLOUR], color_mode="fixed")
 
 
 def _fit(mask: np.ndarray) -> np.ndarray:

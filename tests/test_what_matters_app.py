@@ -22,6 +22,7 @@ from PIL import Image
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
+import tiny_models  # noqa: E402
 from app_server import AppServer  # noqa: E402
 from v2drop.schedule import fastv_layer  # noqa: E402
 from visualize.overlay import OUTLINE_RGB  # noqa: E402
@@ -39,8 +40,9 @@ SHAPES_LAYERS, LAST_DROP = 8, 6  # the embedded model, its first preset "2:0.6,4
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     work = tmp_path_factory.mktemp("matters")
-    app = AppServer(log_path=work / "app.log", env={"GRADIO_TEMP_DIR": str(work / "gradio"),
-                                                    "V2DROP_SESSION_DIR": str(work / "sessions")})
+    app = AppServer(log_path=work / "app.log", env={"GRADIO_TEMP_DIR": str(work / "gradio"),  # folders: tiny models
+                                                    "V2DROP_SESSION_DIR": str(work / "sessions"),
+                                                    "V2DROP_ALLOW_LOCAL_FOLDERS": "1"})
     app.work = work
     yield app
     app.stop()
@@ -125,6 +127,24 @@ def test_a_gallery_picture_uploaded_under_any_name_gets_its_truth_and_a_changed_
     out = _chat_outputs(_raw_call(server, "chat", [RECORDS[name]["question"], _fd(changed)]))
     assert "Done with" in out[NOTICE] and "Ground truth" not in out[MATTERS_NOTE] and out[MATTERS] is None
     assert "what_matters" not in _file(out[TRACE_FILE])
+
+
+def test_another_models_patch_layout_gets_the_truth_mapped_onto_each_of_its_grids(server, tmp_path):
+    tiny_models.build("llava_onevision", tmp_path)  # anyres: a base grid and a crop grid
+    client = Client(server.url, verbose=False)
+    assert "Loaded" in client.predict(str(tmp_path / "llava_onevision"), False, api_name="/switch_model")[5]
+    out = client.predict("what color is the star ?", handle_file(str(EXAMPLES / "shapes_0_color.png")),
+                         api_name="/chat")
+    assert "mapped onto this model's patch layout" in out[MATTERS_NOTE], out[MATTERS_NOTE]
+    trace = _file(out[TRACE_FILE])
+    layout, tokens = trace["samples"][0]["layout"], trace["what_matters"]["tokens"]
+    assert len(layout["grids"]) > 1 and {layout["cells"][i][0] for i in tokens} == set(range(len(layout["grids"])))
+    star = trace["what_matters"]["objects"][0]
+    for i in tokens:  # each token's patch overlaps the star's box, in whichever grid it is
+        frame, row, col = layout["cells"][i]
+        rows, cols = layout["grids"][frame]
+        assert col * 128 / cols < star["x"] + star["r"] and (col + 1) * 128 / cols > star["x"] - star["r"]
+        assert row * 128 / rows < star["y"] + star["r"] and (row + 1) * 128 / rows > star["y"] - star["r"]
 
 
 # ------------------------------------------------------------------------------ marks and baselines
