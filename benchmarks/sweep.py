@@ -34,7 +34,7 @@ from v2drop.schedule import DropSchedule
 from v2drop.trace import SampleTrace, Trace
 
 __all__ = ["drop_layers", "sweep_schedule", "SweepSchedule", "default_first_layers", "patch_indices",
-           "RecallCollector", "run_sweep", "sweep_table", "build_parser", "main"]
+           "RecallCollector", "run_sweep", "sweep_table", "pivot_table", "build_parser", "main"]
 
 DEFAULT_METHODS = ("v2drop", "fastv-lite", "pdrop", "random", "uniform")
 DEFAULT_BUDGETS = (0.5, 0.3333)
@@ -248,6 +248,20 @@ def sweep_table(sweep: dict) -> str:
     return "\n".join(lines)
 
 
+def pivot_table(sweep: dict) -> str:
+    """Markdown, one line per (budget, first drop layer), one column per method:
+    "relative accuracy % / object recall at first drop %" (the figure's two rows in one table)."""
+    methods = list(dict.fromkeys(r["method"] for r in sweep["rows"]))
+    cells: dict[tuple, dict[str, str]] = {}
+    for r in sweep["rows"]:
+        text = f"{_pct(r['relative'])} / {_pct(r['recall_at_first_drop'])}" if r["reachable"] else "unreachable"
+        cells.setdefault((r["budget"], r["first_layer"]), {})[r["method"]] = text
+    lines = ["| budget | first drop layer | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 2)]
+    for (budget, layer), by_method in cells.items():
+        lines.append(f"| {budget:g} | {layer} | " + " | ".join(by_method.get(m, "-") for m in methods) + " |")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- CLI
 def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
@@ -337,6 +351,7 @@ def main(argv: list[str] | None = None) -> dict:
         Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
         sweep_chart(result).write_html(args.figure, include_plotlyjs="cdn")
     print(f"\nunpruned: {_pct(result['unpruned']['accuracy'])} %\n" + sweep_table(result), flush=True)
+    print("\nrelative accuracy % / object recall at first drop %\n" + pivot_table(result), flush=True)
     print(f"wrote {out}" + (f" and {args.figure}" if args.figure else ""), flush=True)
     return result
 

@@ -132,6 +132,10 @@ def test_sweep_command_writes_json_and_figure(tiny_shapes, tmp_path):
     html = figure.read_text()
     assert "Drop-layer sweep" in html and "first drop layer" in html
     assert "| 0.5 | 5 | v2drop | unreachable |" in sweep.sweep_table(data)
+    pivot = sweep.pivot_table(data).splitlines()
+    assert pivot[0] == "| budget | first drop layer | " + " | ".join(sweep.DEFAULT_METHODS) + " |"
+    assert pivot[3] == "| 0.5 | 5 | " + " | ".join(["unreachable"] * 5) + " |"
+    assert pivot[2].startswith("| 0.5 | 2 | ") and pivot[2].count(" / ") == 5
 
 
 # ----------------------------------------------------------------------------- the figure
