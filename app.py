@@ -29,7 +29,8 @@ from typing import Any
 import gradio as gr
 from transformers.utils import logging as transformers_logging
 
-from studio.handlers import Studio, mark_brush, notice
+from studio.editor import MarkEditor, mark_brush
+from studio.handlers import Studio, notice
 from studio.hosting import HostingPolicy, add_arguments
 from studio.inputs import load_image
 from studio.matters import BASELINES, baseline_label
@@ -249,9 +250,9 @@ def _matters_tab() -> tuple:
                 "least 25 % of its patch is painted. The overlays outline these tokens in cyan.")
     with gr.Row():
         with gr.Column(scale=1, min_width=260):
-            editor = gr.ImageEditor(label="Mark what matters (brush)", type="numpy", image_mode="RGBA", sources=[],
-                                    transforms=[], layers=False, format="png", height=320, elem_id="mark-editor",
-                                    brush=mark_brush(), buttons=[])
+            editor = MarkEditor(label="Mark what matters (brush)", type="numpy", image_mode="RGBA", sources=[],
+                                transforms=[], layers=False, format="png", height=320, elem_id="mark-editor",
+                                brush=mark_brush(), buttons=[])
             clear_marks = gr.Button("Clear the mark", size="sm", elem_id="clear-marks")
             baseline = gr.Dropdown(choices=[(baseline_label(m), m) for m in BASELINES], value="none",
                                    label="Add a baseline (one extra prefill at V²Drop's average budget)",

@@ -11,7 +11,8 @@ Model side (no Gradio; usable from a notebook):
 What matters (no Gradio either): :mod:`studio.ground_truth` (a gallery scene found by its pixels, and
 the vision tokens of the objects a question names, on any patch layout), :mod:`studio.marks` (a
 visitor's brush or box as a mask over the picture) and :mod:`studio.matters` (the tokens the chart
-follows, its data in the session's state, the record in the downloadable trace).
+follows, its data in the session's state, the record in the downloadable trace); the page's editor
+for marks is :mod:`studio.editor` (an ImageEditor that decodes only bounded layers).
 
 Hosting (what makes a public server safe): :mod:`studio.hosting` (the operator's launch policy),
 :mod:`studio.sessions` (per-session folders, frame cache, clean-up), :mod:`studio.image_cap`.

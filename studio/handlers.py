@@ -29,8 +29,8 @@ from PIL import Image
 from studio.ground_truth import GroundTruth
 from studio.image_cap import image_caption
 from studio.inputs import ChatInputError, check_prompt, check_special_tokens, image_region, load_image
-from studio.marks import (BRUSH_COLOUR, brush_size, editor_value, load_mask, mask_from_box, mask_from_editor,
-                          painted_share, save_mask)
+from studio.editor import MarkEditor, mark_brush
+from studio.marks import editor_value, load_mask, mask_from_box, mask_from_editor, painted_share, save_mask
 from studio.matters import (BASELINES, NO_RUN_NOTE, baseline_label, chart_of, find_matters, matters_state,
                             trace_record)
 from studio.pair import PairEvent, prefill_trace, stream_pair
@@ -46,7 +46,7 @@ from v2drop.video import DecodedVideo
 from v2drop.video_inputs import frames_per_layout_frame, supports_video
 from visualize import overlay, story
 
-__all__ = ["Studio", "notice", "messages", "mark_brush"]
+__all__ = ["Studio", "notice", "messages"]
 
 log = logging.getLogger("v2drop.app")
 STREAM_INTERVAL = 0.08  # seconds between streamed chat updates
@@ -65,11 +65,6 @@ def messages(turns: list, pending: tuple[str, str] | None = None) -> list[dict[s
     if pending:
         out += [{"role": "user", "content": pending[0]}, {"role": "assistant", "content": pending[1] or "…"}]
     return out
-
-
-def mark_brush(image_size: tuple[int, int] | None = None) -> gr.Brush:
-    """The mark editor's one brush: the outlines' cyan, sized for the picture."""
-    return gr.Brush(default_size=brush_size(image_size), colors=[BRUSH_COLOUR], color_mode="fixed")
 
 
 @dataclass
@@ -600,14 +595,14 @@ class Studio:
         """The mark editor for the current picture: its value (with the mark, if any) and a brush
         sized for it."""
         if state.media != "image" or not state.image:
-            return gr.ImageEditor(value=None)
+            return MarkEditor(value=None)
         try:
             with Image.open(state.image) as image:
                 size = image.size
             value = editor_value(state.image, load_mask(state.mark_file) if state.mark_file else None)
         except OSError:
-            return gr.ImageEditor(value=None)
-        return gr.ImageEditor(value=value, brush=mark_brush(size))
+            return MarkEditor(value=None)
+        return MarkEditor(value=value, brush=mark_brush(size))
 
     # ------------------------------------------------------------------------ layers
     def _last_run(self, state: PageState) -> tuple[Trace, Media] | None:

@@ -244,3 +244,20 @@ def test_an_editor_payload_naming_a_server_path_is_refused_without_naming_it(ser
     stream = _raw_call(server, "mark", ["/etc/passwd", 0, None])
     assert "event: error" in stream and "/etc" not in stream
     assert sorted(sessions.glob("*/mark-*.png")) == marks_before  # nothing was stored as a mark
+
+
+def test_an_editor_payload_is_bounded_before_it_is_decoded(server):
+    """Gradio's editor would decode any number of layers of any size: the app's reads at most four,
+    each at most the largest picture it keeps, refused from the file's header."""
+    huge = _upload(server, "layer.png", _png(Image.new("RGBA", (5000, 5000), (0, 0, 0, 0))))  # ~100 kB on disk
+    stream = _raw_call(server, "mark", [{"background": None, "layers": [_fd(huge)], "composite": None}, 0, None])
+    assert "event: error" in stream and "larger than 2048\\u00d72048 pixels" in stream and huge not in stream, stream
+    small = _upload(server, "small.png", _png(Image.new("RGBA", (64, 64), (0, 0, 0, 0))))
+    stream = _raw_call(server, "mark", [{"background": None, "layers": [_fd(small)] * 5, "composite": None}, 0, None])
+    assert "event: error" in stream and "at most 4 layers" in stream, stream
+    junk = _upload(server, "junk.png", b"\x89PNG\r\n\x1a\n" + b"garbage" * 50)
+    stream = _raw_call(server, "mark", [{"background": None, "layers": [_fd(junk)], "composite": None}, 0, None])
+    assert "event: error" in stream and "could not be read" in stream and junk not in stream, stream
+    # a background or composite is never decoded: the junk there changes nothing (no picture to mark yet)
+    stream = _raw_call(server, "mark", [{"background": _fd(junk), "layers": [], "composite": _fd(junk)}, 0, None])
+    assert "event: complete" in stream and "could not be read" not in stream, stream
