@@ -6,6 +6,11 @@ the API, so :class:`MarkEditor` decodes the layers only (a mark is their painted
 :data:`MAX_LAYERS` of them, each refused from its header (before any pixel is decoded) when it is
 larger than the largest picture the app keeps (:data:`~studio.inputs.MAX_IMAGE_SIDE` squared). Files
 still reach it only through Gradio's upload route (Gradio refuses any other path first).
+
+The page sends a stroke's layers first as blobs (the editor's ``accept_blobs`` server function,
+which any visitor can call with any id) and then the event with their id; blobs whose event never
+comes would stay forever, so at most :data:`MAX_PENDING` of them, :data:`MAX_PENDING_BYTES` in all,
+are kept (the oldest go first).
 """
 
 from __future__ import annotations
@@ -16,16 +21,20 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
+from gradio.components.base import server
+from gradio.components.image_editor import AcceptBlobs
 from gradio.data_classes import FileData
 from PIL import Image, UnidentifiedImageError
 
 from studio.inputs import MAX_IMAGE_SIDE
 from studio.marks import BRUSH_COLOUR, brush_size
 
-__all__ = ["MarkEditor", "mark_brush", "MAX_LAYERS", "MAX_LAYER_PIXELS"]
+__all__ = ["MarkEditor", "mark_brush", "MAX_LAYERS", "MAX_LAYER_PIXELS", "MAX_PENDING", "MAX_PENDING_BYTES"]
 
 MAX_LAYERS = 4                              # the page sends one
 MAX_LAYER_PIXELS = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE
+MAX_PENDING = 32                            # blob payloads waiting for their event, per editor instance
+MAX_PENDING_BYTES = 64 * 1024 * 1024
 UNREADABLE = "The mark could not be read: paint it again on the picture."
 
 
@@ -52,6 +61,17 @@ class MarkEditor(gr.ImageEditor):
         if len(layers) > MAX_LAYERS:
             raise gr.Error(f"A mark has at most {MAX_LAYERS} layers.")
         return {"background": None, "layers": [_decode_layer(layer) for layer in layers], "composite": None}
+
+    @server
+    def accept_blobs(self, data: AcceptBlobs) -> None:
+        """Gradio's blob store for a stroke, bounded: the oldest pending payloads go first."""
+        super().accept_blobs(data)
+        sizes = {key: sum(len(part or b"") for part in (blobs.background, blobs.composite, *blobs.layers))
+                 for key, blobs in self.blob_storage.items()}
+        while self.blob_storage and (len(self.blob_storage) > MAX_PENDING or sum(sizes.values()) > MAX_PENDING_BYTES):
+            oldest = next(iter(self.blob_storage))
+            self.blob_storage.pop(oldest)
+            sizes.pop(oldest)
 
 
 def _decode_layer(layer: FileData | bytes) -> np.ndarray:

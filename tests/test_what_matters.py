@@ -274,3 +274,44 @@ def test_a_baseline_prefill_keeps_tokens_by_its_matched_schedule(tiny, method):
     assert trace.method == method and sorted(sample.kept) == list(schedule.layers)
     assert sample.alive_per_layer == schedule.alive_per_layer(trace.num_layers, n)
     assert trace.tokens_generated <= 1
+
+
+# ------------------------------------------------------------------------------ the editor
+def _blob(key: str, payload: bytes):
+    from gradio.components.image_editor import AcceptBlobs
+
+    # (index 1: Gradio reads a layer index of 0 as "no index"; the page's index comes as text)
+    return AcceptBlobs(data={"type": "layer", "index": 1, "file": b"", "id": key}, files=[("layer.png", payload)])
+
+
+def test_the_mark_editor_keeps_few_pending_blobs_and_decodes_only_bounded_layers():
+    import io
+
+    import gradio as gr
+    from gradio.components.image_editor import EditorData
+
+    from studio.editor import MAX_PENDING, MAX_PENDING_BYTES, MarkEditor
+
+    editor = MarkEditor()
+    for i in range(3 * MAX_PENDING):  # blobs whose event never comes
+        editor.accept_blobs(_blob(f"junk-{i}", b"x" * 1000))
+    assert len(editor.blob_storage) == MAX_PENDING and "junk-0" not in editor.blob_storage
+    big = b"x" * (MAX_PENDING_BYTES // 4)
+    for i in range(8):
+        editor.accept_blobs(_blob(f"big-{i}", big))
+    assert sum(len(b.layers[-1]) for b in editor.blob_storage.values()) <= MAX_PENDING_BYTES
+    assert "big-7" in editor.blob_storage and "big-0" not in editor.blob_storage
+    layer = Image.new("RGBA", (32, 16), (0, 0, 0, 0))
+    layer.paste((0, 229, 255, 150), (0, 0, 8, 16))
+    buffer = io.BytesIO()
+    layer.save(buffer, "PNG")
+    editor.accept_blobs(_blob("mine", buffer.getvalue()))
+    value = editor.preprocess(EditorData(id="mine"))
+    assert value["background"] is None and value["composite"] is None
+    assert (value["layers"][0][..., 3] > 0).sum() == 8 * 16 and "mine" not in editor.blob_storage
+    huge = io.BytesIO()
+    Image.new("RGBA", (3000, 3000)).save(huge, "PNG")
+    editor.accept_blobs(_blob("huge", huge.getvalue()))
+    with pytest.raises(gr.Error, match="larger than"):
+        editor.preprocess(EditorData(id="huge"))
+    assert editor.preprocess(EditorData(id="gone")) == {"background": None, "layers": [], "composite": None}
