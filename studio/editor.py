@@ -11,6 +11,9 @@ The page sends a stroke's layers first as blobs (the editor's ``accept_blobs`` s
 which any visitor can call with any id) and then the event with their id; blobs whose event never
 comes would stay forever, so at most :data:`MAX_PENDING` of them, :data:`MAX_PENDING_BYTES` in all,
 are kept (the oldest go first).
+
+``studio/editor.pyi`` is the typing stub that Gradio writes next to every component class it
+imports (the class's event methods); it is kept in the repository, as Gradio's custom components do.
 """
 
 from __future__ import annotations
