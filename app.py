@@ -237,8 +237,20 @@ def _run_panel(num_layers: int) -> RunPanel:
             trace_file = gr.File(label="This run's trace (JSON)", interactive=False)
         with gr.Tab("How it works"):
             story_md = gr.Markdown(story.how_it_works(), elem_id="story")
+            _sweep_panel()
     return RunPanel(layer, play, caption, kept, heat, drop_layer, dropped, timeline, perf, alive, table, retention,
                     trace_file, story_md, gr.Timer(0.9, active=False), *matters)
+
+
+def _sweep_panel() -> None:
+    """The embedded model's drop-layer sweep (``assets/shapes-llava/sweep.json``, written by
+    ``python -m benchmarks.sweep``): a static figure and what its numbers say."""
+    path = ROOT / "assets" / "shapes-llava" / "sweep.json"
+    if not path.exists():
+        return
+    sweep = json.loads(path.read_text())
+    gr.Markdown(story.sweep_story(sweep), elem_id="sweep-story")
+    gr.Plot(charts.sweep_chart(sweep), label="Drop-layer sweep on the embedded model", elem_id="sweep-chart")
 
 
 def _matters_tab() -> tuple:

@@ -39,6 +39,7 @@ from .scenes import IMAGE_SIZE, VOCAB_WORDS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = str(REPO_ROOT / "assets" / "shapes-llava")
+EMBEDDED_MODEL_DIRS = (DEFAULT_MODEL_DIR,)  # every Shapes model the app ships (the default first)
 
 PATCH_SIZE = 8
 NUM_VISION_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2  # 256

@@ -289,3 +289,19 @@ def test_strip_and_timeline_from_a_real_video_run(tiny, family):
     tw, th = overlay.strip_tiles(video.frames, sample, 4, step=step, size=96)[0].size
     assert strip.size == (n_grids * tw + (n_grids - 1) * overlay._GAP, th + overlay._LABEL_H)
     assert overlay.frame_strip(video.frames, sample, 4, mode="variation", step=step, size=96).size == strip.size
+
+
+def test_sweep_story_reads_the_numbers_of_each_budget_and_layer():
+    row = dict(budget=0.5, reachable=True, schedule="1:0.6", avg_kept_share=0.5, accuracy=0.88)
+    sweep = {"n": 1200, "unpruned": {"accuracy": 0.911}, "rows": [
+        {**row, "first_layer": 1, "method": "v2drop", "relative": 0.968, "recall_at_first_drop": 0.716},
+        {**row, "first_layer": 1, "method": "random", "relative": 0.95, "recall_at_first_drop": 0.66},
+        {**row, "first_layer": 2, "method": "v2drop", "relative": 0.39, "recall_at_first_drop": 0.03},
+        {**row, "first_layer": 2, "method": "random", "relative": 0.93, "recall_at_first_drop": 0.5},
+        {**row, "first_layer": 5, "method": "v2drop", "reachable": False, "relative": None,
+         "recall_at_first_drop": None}]}
+    text = story.sweep_story(sweep)
+    assert "1200 held-out questions" in text and "91.1 %" in text
+    assert ("layer 1: 97 % of the accuracy, 72 % of the object patches kept (best other: random 95 %); "
+            "layer 2: 39 % of the accuracy, 3 % of the object patches kept (best other: random 93 %).") in text
+    assert "layer 5" not in text  # unreachable positions are not described
