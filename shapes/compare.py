@@ -37,7 +37,9 @@ def drawn_table(cards: dict[str, dict]) -> str:
     """Drawn-set accuracy per background, aspect ratio and anti-aliasing."""
     groups = ([f"background={b}" for b in drawn.BACKGROUNDS] + [f"aspect={a}" for a in drawn.ASPECTS]
               + ["antialias=True", "antialias=False"])
-    lines = ["| model | " + " | ".join(g.split("=")[1] for g in groups) + " |", "|" + "---|" * (1 + len(groups))]
+    label = {"antialias=True": "anti-aliased", "antialias=False": "aliased"}
+    lines = ["| model | " + " | ".join(label.get(g, g.split("=")[1]) for g in groups) + " |",
+             "|" + "---|" * (1 + len(groups))]
     for name, card in cards.items():
         acc = card["drawn"]["accuracy"]
         lines.append(f"| {name} | " + " | ".join(_pct(acc.get(g)) for g in groups) + " |")

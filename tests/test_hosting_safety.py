@@ -27,7 +27,7 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
 import tiny_models  # noqa: E402
-from app_server import AppServer  # noqa: E402
+from app_server import AppServer, raw_call  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "assets" / "examples" / "shapes_0_color.png"
@@ -328,16 +328,6 @@ def test_launch_options_from_flags_and_environment():
     assert uploads.allows("/srv/models/x") is None
 
 
-def _raw_call(server: AppServer, api: str, data: list) -> str:
-    """POST to Gradio's REST route and read the event stream: no client library uploading files for us."""
-    request = urllib.request.Request(server.url + f"gradio_api/call/{api}", data=json.dumps({"data": data}).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(request, timeout=30) as reply:
-        event_id = json.loads(reply.read())["event_id"]
-    with urllib.request.urlopen(server.url + f"gradio_api/call/{api}/{event_id}", timeout=120) as reply:
-        return reply.read().decode()
-
-
 def test_server_paths_sent_as_files_are_not_read(local, tmp_path):
     """A raw API call may name any server path as its image or video; only uploads are read."""
     secret = tmp_path / "secret.png"
@@ -345,6 +335,6 @@ def test_server_paths_sent_as_files_are_not_read(local, tmp_path):
     for path in (str(secret), "/etc/hostname"):
         raw = {"path": path, "meta": {"_type": "gradio.FileData"}}
         for api, data in (("chat", ["what is it ?", raw]), ("set_video", [raw, 8]), ("set_image", [raw])):
-            stream = _raw_call(local, api, data)
+            stream = raw_call(local, api, data, timeout=120)
             assert "event: error" in stream and "Done with" not in stream and "New video" not in stream, stream
             assert "New image" not in stream, stream

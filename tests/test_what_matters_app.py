@@ -23,7 +23,7 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
 import tiny_models  # noqa: E402
-from app_server import AppServer  # noqa: E402
+from app_server import AppServer, raw_call  # noqa: E402
 from v2drop.schedule import fastv_layer  # noqa: E402
 from visualize.overlay import OUTLINE_RGB  # noqa: E402
 
@@ -57,16 +57,6 @@ def _upload(server: AppServer, name: str, data: bytes) -> str:
                                      headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     with urllib.request.urlopen(request, timeout=30) as reply:
         return json.loads(reply.read())[0]
-
-
-def _raw_call(server: AppServer, api: str, data: list) -> str:
-    """POST to Gradio's REST route and read the whole event stream."""
-    request = urllib.request.Request(server.url + f"gradio_api/call/{api}", data=json.dumps({"data": data}).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(request, timeout=30) as reply:
-        event_id = json.loads(reply.read())["event_id"]
-    with urllib.request.urlopen(server.url + f"gradio_api/call/{api}/{event_id}", timeout=240) as reply:
-        return reply.read().decode()
 
 
 def _chat_outputs(stream: str) -> list:
@@ -110,21 +100,21 @@ def test_a_gallery_picture_uploaded_under_any_name_gets_its_truth_and_a_changed_
     name = "drawn_26_position.png"
     data = (EXAMPLES / name).read_bytes()
     path = _upload(server, "my-drawing.png", data)
-    out = _chat_outputs(_raw_call(server, "chat", [RECORDS[name]["question"], _fd(path)]))
+    out = _chat_outputs(raw_call(server, "chat", [RECORDS[name]["question"], _fd(path)]))
     assert "Done with" in out[NOTICE] and "Ground truth" in out[MATTERS_NOTE], out[MATTERS_NOTE]
     record = _file(out[TRACE_FILE])["what_matters"]
     assert record["source"] == "ground truth" and record["tokens"] == RECORDS[name]["question_patches"]
     assert record["alive_per_layer"]["unpruned"] == [len(record["tokens"])] * SHAPES_LAYERS
     assert [line["name"].split(" (")[0] for line in _lines(out[MATTERS])] == ["unpruned", "V²Drop"]
     # any question typed about the picture: the objects it names
-    out = _chat_outputs(_raw_call(server, "chat", ["how many stars are there ?", _fd(path)]))
+    out = _chat_outputs(raw_call(server, "chat", ["how many stars are there ?", _fd(path)]))
     stars = _file(out[TRACE_FILE])["what_matters"]
     assert len(stars["objects"]) > 1 and set(record["tokens"]) < set(stars["tokens"])
     # the same file with one pixel changed is just a picture
     image = Image.open(io.BytesIO(data)).convert("RGB")
     image.putpixel((0, 0), tuple(255 - v for v in image.getpixel((0, 0))))
     changed = _upload(server, name, _png(image))  # even under the example's own name
-    out = _chat_outputs(_raw_call(server, "chat", [RECORDS[name]["question"], _fd(changed)]))
+    out = _chat_outputs(raw_call(server, "chat", [RECORDS[name]["question"], _fd(changed)]))
     assert "Done with" in out[NOTICE] and "Ground truth" not in out[MATTERS_NOTE] and out[MATTERS] is None
     assert "what_matters" not in _file(out[TRACE_FILE])
 
@@ -238,10 +228,10 @@ def test_an_editor_payload_naming_a_server_path_is_refused_without_naming_it(ser
     for path in ("/etc/passwd", str(other), str(sessions / ".." / other.parent.name / other.name)):
         for payload in ({"background": _fd(path), "layers": [_fd(path)], "composite": None},
                         {"background": None, "layers": [_fd(path)], "composite": _fd(path)}):
-            stream = _raw_call(server, "mark", [payload, 0, None])
+            stream = raw_call(server, "mark", [payload, 0, None])
             assert "event: error" in stream and "event: complete" not in stream, stream
             assert path not in stream and "root:" not in stream and "/etc" not in stream and "sessions" not in stream
-    stream = _raw_call(server, "mark", ["/etc/passwd", 0, None])
+    stream = raw_call(server, "mark", ["/etc/passwd", 0, None])
     assert "event: error" in stream and "/etc" not in stream
     assert sorted(sessions.glob("*/mark-*.png")) == marks_before  # nothing was stored as a mark
 
@@ -250,14 +240,14 @@ def test_an_editor_payload_is_bounded_before_it_is_decoded(server):
     """Gradio's editor would decode any number of layers of any size: the app's reads at most four,
     each at most the largest picture it keeps, refused from the file's header."""
     huge = _upload(server, "layer.png", _png(Image.new("RGBA", (5000, 5000), (0, 0, 0, 0))))  # ~100 kB on disk
-    stream = _raw_call(server, "mark", [{"background": None, "layers": [_fd(huge)], "composite": None}, 0, None])
+    stream = raw_call(server, "mark", [{"background": None, "layers": [_fd(huge)], "composite": None}, 0, None])
     assert "event: error" in stream and "larger than 2048\\u00d72048 pixels" in stream and huge not in stream, stream
     small = _upload(server, "small.png", _png(Image.new("RGBA", (64, 64), (0, 0, 0, 0))))
-    stream = _raw_call(server, "mark", [{"background": None, "layers": [_fd(small)] * 5, "composite": None}, 0, None])
+    stream = raw_call(server, "mark", [{"background": None, "layers": [_fd(small)] * 5, "composite": None}, 0, None])
     assert "event: error" in stream and "at most 4 layers" in stream, stream
     junk = _upload(server, "junk.png", b"\x89PNG\r\n\x1a\n" + b"garbage" * 50)
-    stream = _raw_call(server, "mark", [{"background": None, "layers": [_fd(junk)], "composite": None}, 0, None])
+    stream = raw_call(server, "mark", [{"background": None, "layers": [_fd(junk)], "composite": None}, 0, None])
     assert "event: error" in stream and "could not be read" in stream and junk not in stream, stream
     # a background or composite is never decoded: the junk there changes nothing (no picture to mark yet)
-    stream = _raw_call(server, "mark", [{"background": _fd(junk), "layers": [], "composite": _fd(junk)}, 0, None])
+    stream = raw_call(server, "mark", [{"background": _fd(junk), "layers": [], "composite": _fd(junk)}, 0, None])
     assert "event: complete" in stream and "could not be read" not in stream, stream

@@ -3,22 +3,12 @@ scene brings its ground truth into the chart, a brush stroke in the editor and a
 picture replace it, clearing brings it back, and a picked baseline adds a line. Saves
 results/e2e/screenshot-what-matters.png."""
 
-import os
-import shutil
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = os.environ.get("V2DROP_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
-SHOTS = ROOT / "results" / "e2e"
+from chromium import ARGS, CHROMIUM, ROOT, SHOTS
+from chromium import sync_api as _sync_api
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (run .ci/install-browser)")
-if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
-    pytest.skip(f"Chromium not found at {CHROMIUM} (run .ci/install-browser: apt-get install chromium)",
-                allow_module_level=True)
+sync_api = _sync_api()
 
 from app_server import AppServer  # noqa: E402
 
