@@ -72,7 +72,7 @@ def sweep_table(sweeps: dict[str, dict]) -> str:
             text = ("unreachable" if not row["reachable"]
                     else f"{_pct(row['relative'])} ({_pct(row.get('recall_at_first_drop'))})")
             cells.setdefault(key, {})[row["method"]] = text
-        for (budget, layer), by_method in sorted(cells.items()):
+        for (budget, layer), by_method in sorted(cells.items(), key=lambda item: (-item[0][0], item[0][1])):
             lines.append(f"| {budget:.2f} | {layer} | " + " | ".join(by_method.get(m, "–") for m in methods) + " |")
     return "\n".join(lines)
 
