@@ -57,6 +57,11 @@ def test_upload_ask_and_see_both_answers_heatmap_and_charts(page, server):
     page.screenshot(path=str(SHOTS / "screenshot-performance.png"), full_page=True)
     assert "Traceback" not in page.content()
 
+    # the teaching tab: the embedded model's drop-layer sweep, its figure and its numbers in words
+    page.get_by_role("tab", name="How it works").click()
+    page.locator("#sweep-chart .js-plotly-plot, #sweep-chart .plot-container").first.wait_for(timeout=60_000)
+    assert "first drop at layer 1" in page.locator("#sweep-story").inner_text()
+
     # the example gallery fills the image and the question, and starts a new chat
     page.locator("#gallery img").nth(1).click()
     page.wait_for_function("() => document.querySelector('#question textarea')?.value.includes('how many squares')")
