@@ -6,6 +6,7 @@ and which of those objects a question names.  That turns "did the dropping keep 
 matters?" from a guess into a measurement (the share of the question's object patches
 still alive at each layer; see ``v2drop.trace`` for what is alive).
 
+* ``draw_object(draw, obj, sx, sy)``: the object's exact outline on any canvas;
 * ``object_coverage(obj)``: the (16, 16) share of each patch the object covers;
 * ``object_mask(obj)``: the patches that belong to it (a quarter covered, or its centre);
 * ``question_objects(question, objects)``: the objects a question is about;
@@ -26,19 +27,25 @@ MIN_COVER = 0.25  # a patch belongs to an object when at least this share of it 
 _SHAPE_OF_WORD = {**{w: w for w in scenes.SHAPES}, **{p: s for s, p in scenes.PLURAL.items()}}
 
 
+def draw_object(draw: ImageDraw.ImageDraw, obj: scenes.Obj, scale_x: float, scale_y: float) -> None:
+    """Fill ``obj``'s exact outline on ``draw``, a canvas ``scale_x`` by ``scale_y`` times the model's
+    128x128 frame (the generator's own outline: radius, rotation and stretch)."""
+    if obj.shape == "circle":
+        rx, ry = 0.92 * obj.r * obj.sx, 0.92 * obj.r * obj.sy
+        draw.ellipse([(obj.x - rx) * scale_x, (obj.y - ry) * scale_y, (obj.x + rx) * scale_x,
+                      (obj.y + ry) * scale_y], fill=255)
+    else:
+        outline = scenes._polygon(obj.shape, 0.0, 0.0, obj.r, obj.rot)
+        draw.polygon([((obj.x + px * obj.sx) * scale_x, (obj.y + py * obj.sy) * scale_y) for px, py in outline],
+                     fill=255)
+
+
 def object_coverage(obj: scenes.Obj) -> np.ndarray:
     """(16, 16) float in [0, 1]: the share of each patch that ``obj`` covers, from its exact
     geometry (radius, rotation and, on non-square pictures, stretch) in the model's input."""
     size = scenes.IMAGE_SIZE * RASTER
     mask = Image.new("L", (size, size), 0)
-    draw = ImageDraw.Draw(mask)
-    x, y, r = obj.x * RASTER, obj.y * RASTER, obj.r * RASTER
-    if obj.shape == "circle":
-        rx, ry = 0.92 * r * obj.sx, 0.92 * r * obj.sy
-        draw.ellipse([x - rx, y - ry, x + rx, y + ry], fill=255)
-    else:
-        outline = scenes._polygon(obj.shape, 0.0, 0.0, r, obj.rot)
-        draw.polygon([(x + px * obj.sx, y + py * obj.sy) for px, py in outline], fill=255)
+    draw_object(ImageDraw.Draw(mask), obj, RASTER, RASTER)
     pixels = np.asarray(mask, dtype=np.float32) / 255.0
     cell = PATCH * RASTER
     return pixels.reshape(GRID, cell, GRID, cell).mean(axis=(1, 3))

@@ -107,7 +107,7 @@ def is_shapes_grid(layout: PatchLayout, region: Sequence[float], image_size: tup
 
 def objects_raster(objects: Sequence[scenes.Obj], image_size: tuple[int, int], side: int = RASTER_SIDE) -> np.ndarray:
     """(h, w) bool mask over the picture (longer side ``side``) of ``objects``, drawn from their
-    geometry in the 128×128 frame as :func:`shapes.truth.object_coverage` draws them."""
+    geometry in the 128×128 frame (:func:`shapes.truth.draw_object`)."""
     w, h = image_size
     scale = side / max(w, h)
     mw, mh = max(1, round(w * scale)), max(1, round(h * scale))
@@ -115,12 +115,7 @@ def objects_raster(objects: Sequence[scenes.Obj], image_size: tuple[int, int], s
     mask = Image.new("L", (mw, mh), 0)
     draw = ImageDraw.Draw(mask)
     for obj in objects:
-        if obj.shape == "circle":
-            rx, ry = 0.92 * obj.r * obj.sx, 0.92 * obj.r * obj.sy
-            draw.ellipse([(obj.x - rx) * fx, (obj.y - ry) * fy, (obj.x + rx) * fx, (obj.y + ry) * fy], fill=255)
-        else:
-            outline = scenes._polygon(obj.shape, 0.0, 0.0, obj.r, obj.rot)  # the generator's own outline
-            draw.polygon([((obj.x + px * obj.sx) * fx, (obj.y + py * obj.sy) * fy) for px, py in outline], fill=255)
+        truth.draw_object(draw, obj, fx, fy)
     return np.asarray(mask) > 127
 
 
