@@ -45,6 +45,11 @@ def answer_tokens(model, processor, samples: list[scenes.Sample], batch_size: in
     return out
 
 
+def answer_words(tokenizer) -> set[int]:
+    """The ids of every vocabulary word an answer may be (no special tokens)."""
+    return {i for w, i in tokenizer.get_vocab().items() if w not in tokenizer.all_special_tokens}
+
+
 def is_one_word(tokens: list[int], eos: int, words: set[int]) -> bool:
     """Exactly one vocabulary word, then the end token."""
     return len(tokens) == 2 and tokens[0] in words and tokens[1] == eos
@@ -57,7 +62,7 @@ def score(model, processor, samples: list[scenes.Sample], groups: list[dict] | N
     tokens = answer_tokens(model, processor, samples, batch_size)
     tok = processor.tokenizer
     eos = model.generation_config.eos_token_id
-    words = {i for w, i in tok.get_vocab().items() if w not in tok.all_special_tokens}
+    words = answer_words(tok)
     hits: dict[str, list[int]] = defaultdict(list)
     bad = []
     for k, (s, answer) in enumerate(zip(samples, tokens)):

@@ -25,7 +25,7 @@ def test_every_answer_is_one_word_then_the_end_token(model_dir):
     model, processor = load_default(model_dir=model_dir)
     samples = scenes.benchmark(1200) + drawn.benchmark(600) + _red_circle_blue_square()
     eos = model.generation_config.eos_token_id
-    words = {i for w, i in processor.tokenizer.get_vocab().items() if w not in processor.tokenizer.all_special_tokens}
+    words = report.answer_words(processor.tokenizer)
     answers = report.answer_tokens(model, processor, samples, batch_size=64)
     bad = [(s.question, s.image.size, processor.tokenizer.decode(a)) for s, a in zip(samples, answers)
            if not report.is_one_word(a, eos, words)]
