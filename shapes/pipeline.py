@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--val-size", type=int, default=128, help="questions per validation set (generator, drawn)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("SHAPES_THREADS", "2")))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--picture-gain", metavar="STAGE_PT",
+                    help="only measure a saved stage (e.g. ckpt/pipeline/align.pt): held-out caption loss with "
+                         "each scene's own picture and with another scene's, then exit")
     return ap
 
 
@@ -242,6 +245,9 @@ def stage_report(pipe: Pipeline, stage: str) -> str:
                 feats = pipe.vision_features(pixel_values_from_images([s.image for s in held_out]))
             parts.append(f"{name} {pipe.probe.object_shape_accuracy(feats, held_out):.3f}")
         return "object shape acc " + " ".join(parts)
+    if stage == "align":
+        own, other = picture_gain(pipe, n // 4)
+        return f"caption loss own picture {own:.4f} another scene's picture {other:.4f}"
     if stage == "instruct":
         report = []
         for name, val in (("val", [scenes.sample(VAL_SEED, i) for i in range(n)]),
@@ -250,6 +256,24 @@ def stage_report(pipe: Pipeline, stage: str) -> str:
             report.append(f"{name} " + " ".join(f"{k}={v:.3f}" for k, v in acc.items()))
         return " | ".join(report)
     return ""
+
+
+def picture_gain(pipe: Pipeline, n: int) -> tuple[float, float]:
+    """Held-out caption loss with each scene's own picture and with another scene's picture.
+
+    Equal losses mean the language model does not read the picture: the captions are predicted
+    from the language alone.  The gap is what the alignment stage has taught it to see."""
+    samples = [drawn.training_sample(VAL_SEED + 3, i, pipe.args.drawn_share, balanced=False) for i in range(n)]
+    for s in samples:
+        s.question, s.answer, s.extra = DESCRIBE, scenes.caption(s.objects), []
+    batch, _ = make_batch(pipe.encoder, samples, 1)
+    batch = {k: v.to(pipe.device) for k, v in batch.items()}
+    pipe.model.eval()
+    with torch.no_grad():
+        own = pipe.model(**batch).loss.item()
+        batch["pixel_values"] = batch["pixel_values"].roll(1, 0)  # every scene gets its neighbour's picture
+        other = pipe.model(**batch).loss.item()
+    return own, other
 
 
 def run_stage(pipe: Pipeline, stage: Stage, progress: Progress) -> None:
@@ -311,6 +335,12 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     pipe = Pipeline(args, torch.device(args.device))
+    if args.picture_gain:
+        pipe.model.load_state_dict(torch.load(args.picture_gain, map_location=pipe.device)["model"])
+        own, other = picture_gain(pipe, args.val_size)
+        print(f"caption loss with the scene's own picture {own:.4f}, with another scene's picture {other:.4f} "
+              f"({args.val_size} held-out scenes)")
+        return
     progress = Progress(pipe, args.ckpt_dir, args.ckpt_minutes)
     if args.resume and os.path.exists(progress.path):
         progress.restore()

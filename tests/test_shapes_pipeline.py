@@ -95,3 +95,18 @@ def test_saved_model_is_a_stock_llava_that_answers(tmp_path):
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     out = model.generate(**processor(images=s.image, text=text, return_tensors="pt"), max_new_tokens=2)
     assert out.shape[1] >= 1
+
+
+def test_picture_gain_is_zero_when_the_projector_passes_nothing(pipe):
+    own, other = pipeline.picture_gain(pipe, 4)
+    assert own != other  # an untrained projector still lets the picture move the loss
+    projector = pipe.model.model.multi_modal_projector
+    saved = {k: v.clone() for k, v in projector.state_dict().items()}
+    try:
+        with torch.no_grad():
+            for p in projector.parameters():
+                p.zero_()
+        own, other = pipeline.picture_gain(pipe, 4)
+        assert own == pytest.approx(other, abs=1e-6)
+    finally:
+        projector.load_state_dict(saved)
