@@ -161,10 +161,7 @@ class Pipeline:
                                                  ignore_index=-100)
 
     def align_loss(self, step: int, batch_size: int) -> torch.Tensor:
-        samples = self.scenes_for("align", step, batch_size)
-        for s in samples:
-            s.question, s.answer, s.extra = DESCRIBE, scenes.caption(s.objects), []
-        return self.chat_loss(samples)
+        return self.chat_loss(as_captioning(self.scenes_for("align", step, batch_size)))
 
     def instruct_loss(self, step: int, batch_size: int) -> torch.Tensor:
         cap = curriculum_cap(step, self.args.instruct_steps, self.args.curriculum)
@@ -179,6 +176,13 @@ class Pipeline:
     def chat_loss(self, samples: list[scenes.Sample]) -> torch.Tensor:
         batch, _ = make_batch(self.encoder, samples, self.args.max_turns)
         return self.model(**{k: v.to(self.device) for k, v in batch.items()}).loss
+
+
+def as_captioning(samples: list[scenes.Sample]) -> list[scenes.Sample]:
+    """The samples as one-turn captioning chats: "describe the image ." -> the dense caption."""
+    for s in samples:
+        s.question, s.answer, s.extra = DESCRIBE, scenes.caption(s.objects), []
+    return samples
 
 
 def text_document(sample: scenes.Sample) -> str:
@@ -263,9 +267,8 @@ def picture_gain(pipe: Pipeline, n: int) -> tuple[float, float]:
 
     Equal losses mean the language model does not read the picture: the captions are predicted
     from the language alone.  The gap is what the alignment stage has taught it to see."""
-    samples = [drawn.training_sample(VAL_SEED + 3, i, pipe.args.drawn_share, balanced=False) for i in range(n)]
-    for s in samples:
-        s.question, s.answer, s.extra = DESCRIBE, scenes.caption(s.objects), []
+    samples = as_captioning([drawn.training_sample(VAL_SEED + 3, i, pipe.args.drawn_share, balanced=False)
+                             for i in range(n)])
     batch, _ = make_batch(pipe.encoder, samples, 1)
     batch = {k: v.to(pipe.device) for k, v in batch.items()}
     pipe.model.eval()
