@@ -77,10 +77,10 @@ def draw(media: Media, sample: SampleTrace, layer: int, mode: str) -> Image.Imag
     """One overlay: on the image, or (video) a strip of its sampled frames."""
     if media.video is not None:
         return overlay.frame_strip(media.video.frames, sample, layer, mode, step=media.video_step,
-                                   timestamps=media.video.timestamps, per_row=STRIP_PER_ROW)
+                                   timestamps=media.video.timestamps, per_row=STRIP_PER_ROW, legend=True)
     painter = {"kept": overlay.kept_overlay, "dropped": overlay.dropped_overlay,
                "variation": overlay.variation_heatmap}[mode]
-    return painter(media.image, sample, layer, media.region, outline=media.marked)
+    return painter(media.image, sample, layer, media.region, outline=media.marked, legend=True)
 
 
 def layer_images(media: Media, sample: SampleTrace, layer: int) -> tuple[Image.Image, Image.Image | None]:

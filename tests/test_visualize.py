@@ -27,6 +27,37 @@ def classify(img: Image.Image) -> dict[str, int]:
     return {n: int((nearest == i).sum()) for i, n in enumerate(names)}
 
 
+def fill_class(cell: Image.Image) -> str:
+    """The class of one patch of a white-image overlay by its median colour (the fill under the hatching)."""
+    median = np.median(np.asarray(cell.convert("RGB"), dtype=np.float32).reshape(-1, 3), axis=0)
+    counts = classify(Image.new("RGB", (1, 1), tuple(int(v) for v in median)))
+    return max(counts.items(), key=lambda kv: kv[1])[0]
+
+
+def panel_cells(img: Image.Image, layout, panel_size, label_h=18, gap=6) -> dict[int, Image.Image]:
+    """``{ordinal: the patch's pixels}`` of an overlay (one panel per frame, side by side, labelled
+    above when there are several)."""
+    top = label_h if len(layout.grids) > 1 else 0
+    out = {}
+    for i, (frame, x0, y0, x1, y1) in overlay.patch_boxes(layout, panel_size).items():
+        dx = frame * (panel_size[0] + gap)
+        out[i] = img.crop((dx + x0, top + y0, dx + x1, top + y1))
+    return out
+
+
+def classes_of(img: Image.Image, layout, panel_size) -> dict[str, set[int]]:
+    out = {"clear": set(), "red": set(), "dim": set()}
+    for i, cell in panel_cells(img, layout, panel_size).items():
+        out[fill_class(cell)].add(i)
+    return out
+
+
+def hatch_share(cell: Image.Image, rgb) -> float:
+    """Share of a patch's pixels that have exactly the hatch colour ``rgb``."""
+    arr = np.asarray(cell.convert("RGB"), dtype=np.int32)
+    return float((np.abs(arr - np.array(rgb)).sum(-1) == 0).mean())
+
+
 def grid_sample(rows=4, cols=4, frames=1, newline=False) -> SampleTrace:
     cells, grids, kinds = [], [], []
     for f in range(frames):
@@ -71,15 +102,40 @@ def test_kept_overlay_paints_exactly_the_dropped_patches(layer):
     white = Image.new("RGB", (256, 256), WHITE)
     img = overlay.kept_overlay(white, s, layer, size=256)
     assert img.size == (256, 256)
-    counts = classify(img)
     alive, now = overlay.layer_status(s, layer)
     before = set(range(64)) - alive - now
     assert len(alive) == len(s.alive_after(layer))
-    assert counts["red"] == cell_area(s.layout, img.size, now)
-    assert counts["dim"] == cell_area(s.layout, img.size, before)
-    assert counts["clear"] == cell_area(s.layout, img.size, alive)
-    if layer == 3:  # 32 alive before layer 3, 8 kept: 24 red cells of 32×32 px
-        assert counts["red"] == 24 * 32 * 32
+    assert classes_of(img, s.layout, img.size) == {"clear": alive, "red": now, "dim": before}
+    if layer == 3:  # 32 alive before layer 3, 8 kept: 24 red cells
+        assert len(now) == 24
+    cells = panel_cells(img, s.layout, img.size)
+    for i, cell in cells.items():  # grey "\\" hatching on the dim ones only (the picture is white: so is "/")
+        assert (hatch_share(cell, overlay.HATCH_DEAD_RGB) > 0.2) == (i in before), i
+    for i in now | before:  # the hatch lies exactly on the pattern of its direction
+        _, x0, y0, x1, y1 = overlay.patch_boxes(s.layout, img.size)[i]
+        mask = overlay.hatch_mask(img.size, "/" if i in now else "\\")[y0 + 1:y1, x0 + 1:x1]
+        rgb = overlay.HATCH_NOW_RGB if i in now else overlay.HATCH_DEAD_RGB
+        arr = np.asarray(img, dtype=np.int32)[y0 + 1:y1, x0 + 1:x1]  # inside the grid lines
+        assert (np.abs(arr - np.array(rgb)).sum(-1) == 0).tolist() == mask.tolist()
+
+
+@pytest.mark.parametrize("background", [(230, 30, 30), (0, 0, 0), (40, 40, 48)])
+def test_dropped_patches_stand_apart_from_red_objects_and_dark_backgrounds(background):
+    """On a red object, on black, and on the dimming colour itself, a dropped patch is not one flat
+    colour: its hatching differs from its fill by far, while a kept patch stays the picture."""
+    trace = with_drops(grid_sample(4, 4))
+    s = trace.samples[0]
+    img = overlay.kept_overlay(Image.new("RGB", (96, 96), background), s, 3, size=96)
+    alive, now = overlay.layer_status(s, 3)
+    before = set(range(16)) - alive - now
+    assert alive and now and before
+    for i, cell in panel_cells(img, s.layout, img.size).items():
+        arr = np.asarray(cell, dtype=np.float32)[1:, 1:].reshape(-1, 3)  # inside the grid lines
+        spread = float(np.abs(arr.max(0) - arr.min(0)).sum())
+        if i in alive:
+            assert spread == 0 and tuple(arr[0]) == background, i
+        else:
+            assert spread > 150, (i, spread)  # hatch against fill: visible whatever the picture's colour
 
 
 def test_multi_crop_layout_gets_one_panel_per_frame_and_skips_newlines():
@@ -87,10 +143,8 @@ def test_multi_crop_layout_gets_one_panel_per_frame_and_skips_newlines():
     with_drops(s, stages=((2, 0.5),))
     img = overlay.kept_overlay(Image.new("RGB", (200, 100), WHITE), s, 2, size=200)
     assert img.width > 2 * 200 - 1  # two panels side by side, each 200 wide
-    counts = classify(img.crop((0, 18, img.width, img.height)))
-    dropped = [i for i in s.dropped_at(2) if s.layout.cells[i][1] >= 0]
-    panel = (200, 100)
-    assert counts["red"] == cell_area(s.layout, panel, dropped)
+    dropped = {i for i in s.dropped_at(2) if s.layout.cells[i][1] >= 0}
+    assert classes_of(img, s.layout, (200, 100))["red"] == dropped
 
 
 def test_non_square_grid_maps_onto_the_whole_image():
@@ -112,7 +166,7 @@ def test_region_crops_to_the_grid_area():
 def test_variation_heatmap_orders_colours_by_score_and_darkens_dead_tokens():
     trace = with_drops(grid_sample(4, 4))
     s = trace.samples[0]
-    img = overlay.variation_heatmap(Image.new("RGB", (64, 64), WHITE), s, 2, size=64, alpha=1.0)
+    img = overlay.variation_heatmap(Image.new("RGB", (64, 64), WHITE), s, 2, size=64, alpha=1.0, legend=False)
     arr = np.asarray(img, dtype=float)
     boxes = overlay.patch_boxes(s.layout, img.size)
 
@@ -123,9 +177,31 @@ def test_variation_heatmap_orders_colours_by_score_and_darkens_dead_tokens():
     alive = s.scores[2]["index"]
     assert centre(alive[-1]) > centre(alive[0])          # higher score -> brighter
     dead = [i for i in range(16) if i not in alive]
-    assert dead and all(centre(i) < 400 for i in dead)  # white is 765
+    cells = panel_cells(img, s.layout, img.size)
+    assert dead and all(hatch_share(cells[i], overlay.HATCH_DEAD_RGB) > 0.2 for i in dead)  # dropped: hatched
+    lowest = np.asarray(cells[alive[0]], dtype=np.float32)[1:, 1:]   # the least varying: one flat dark colour
+    assert np.ptp(lowest.reshape(-1, 3), axis=0).sum() == 0 and lowest[0, 0].sum() < 60
+    assert hatch_share(cells[alive[0]], overlay.HATCH_DEAD_RGB) == 0
     with pytest.raises(ValueError, match="layer 0"):
         overlay.variation_heatmap(img, s, 0)
+
+
+def test_heatmap_colour_bar_spans_the_layers_scores():
+    trace = with_drops(grid_sample(4, 4))
+    s = trace.samples[0]
+    bare = overlay.variation_heatmap(Image.new("RGB", (256, 256), WHITE), s, 2, size=256, legend=False)
+    img = overlay.variation_heatmap(Image.new("RGB", (256, 256), WHITE), s, 2, size=256)
+    assert img.width == 256 and img.height == 256 + 2 * overlay.LEGEND_ROW
+    assert np.array_equal(np.asarray(img)[:256], np.asarray(bare))
+    assert overlay.variation_range(s, 2) == (min(s.scores[2]["score"]), max(s.scores[2]["score"]))
+    bar = np.asarray(img, dtype=np.int32)[256 + 10]          # a row through the colour bar
+    ends = overlay.colormap(np.array([0.0, 1.0])).astype(np.int32)
+    assert np.abs(bar[6] - ends[0]).sum() <= 6 and np.abs(bar[6:230] - ends[1]).sum(-1).min() <= 6
+    kept = overlay.kept_overlay(Image.new("RGB", (256, 256), WHITE), s, 3, size=256, legend=True)
+    assert kept.height == 256 + 2 * overlay.LEGEND_ROW  # two rows of keys at this width
+    assert overlay.kept_legend(1000).height == overlay.LEGEND_ROW  # one row when wide enough
+    key = kept.crop((0, 256, 256, kept.height))           # its swatches carry both hatchings
+    assert hatch_share(key, overlay.HATCH_DEAD_RGB) > 0 and hatch_share(key, overlay.HATCH_NOW_RGB) > 0
 
 
 def test_dropped_overlay_requires_a_drop_layer():
@@ -178,12 +254,12 @@ def test_overlay_from_a_real_run(tiny, family):
     assert s.layout is not None and len(s.layout.cells) == s.num_vision_tokens
     white = Image.new("RGB", image.size, WHITE)
     img = overlay.kept_overlay(white, s, 4, size=128)
-    offset = 18 if len(s.layout.grids) > 1 else 0
-    counts = classify(img.crop((0, offset, img.width, img.height)))
     panel = overlay._panel_base(white, None, 128).size
-    now = [i for i in s.dropped_at(4) if s.layout.cells[i][1] >= 0]
-    assert counts["red"] == cell_area(s.layout, panel, now)
-    assert overlay.variation_heatmap(white, s, 3, size=128).size == img.size
+    now = {i for i in s.dropped_at(4) if s.layout.cells[i][1] >= 0}
+    assert classes_of(img, s.layout, panel)["red"] == now
+    assert overlay.variation_heatmap(white, s, 3, size=128, legend=False).size == img.size
+    legend = overlay.variation_heatmap(white, s, 3, size=128)
+    assert legend.width == img.width and legend.height > img.height  # the colour bar under it
 
 
 # ------------------------------------------------------------------------------ video: strip and timeline
@@ -203,8 +279,9 @@ def cell_classes(strip: Image.Image, tile: int, f: int, per_row: int, rows=4, co
     out = []
     for r in range(rows):
         for c in range(cols):
-            px = strip.getpixel((x0 + int((c + 0.5) * tile / cols), y0 + int((r + 0.5) * tile / rows)))
-            out.append(max(classify(Image.new("RGB", (1, 1), px)).items(), key=lambda kv: kv[1])[0])
+            box = (x0 + round(c * tile / cols), y0 + round(r * tile / rows),
+                   x0 + round((c + 1) * tile / cols), y0 + round((r + 1) * tile / rows))
+            out.append(fill_class(strip.crop(box)))
     return out
 
 

@@ -14,11 +14,15 @@ token grid of the layout (a video frame for LLaVA-OneVision; a pair of frames fo
 Qwen2.5-VL, whose temporal patches merge two frames: pass ``step=frames_per_layout_frame(model)``,
 the tile then shows the pair's first frame), tiles in rows.
 
-Colours: kept patches are shown as they are, patches dropped earlier are dimmed grey, and the
-patches dropped *at* the shown drop layer are tinted red. ``outline=`` (any overlay) draws a cyan
-contour around a set of vision tokens: the ones that matter for the question (the ground truth of
-a generated scene, or what a visitor marked; :func:`tokens_in_mask` turns a painted mask into
-tokens).
+Colours and marks: kept patches are shown as they are; patches dropped earlier are dimmed grey and
+hatched ``\\``; the patches dropped *at* the shown drop layer are tinted red and hatched ``/`` in
+white. The hatching, not the colour alone, tells a dropped patch from a red object or a dark
+background. In the variation heatmap, tokens no longer alive carry the same grey hatching, so they
+never look like tokens of low variation (the darkest colours of the map). ``outline=`` (any
+overlay) draws a cyan contour around a set of vision tokens: the ones that matter for the question
+(the ground truth of a generated scene, or what a visitor marked; :func:`tokens_in_mask` turns a
+painted mask into tokens). ``legend=True`` adds a key under the picture: what each mark means, and
+for the heatmap a colour bar with this layer's lowest and highest variation.
 """
 
 from __future__ import annotations
@@ -26,14 +30,15 @@ from __future__ import annotations
 from typing import Collection, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from v2drop.trace import PatchLayout, SampleTrace
 
 __all__ = ["kept_overlay", "variation_heatmap", "dropped_overlay", "patch_boxes", "layer_status",
            "colormap", "DROPPED_NOW_RGB", "DEAD_RGB", "PANEL_SIZE",
            "frame_strip", "strip_tiles", "frame_labels", "contact_sheet", "TILE_SIZE", "tokens_in_mask",
-           "OUTLINE_RGB", "MARK_MIN_SHARE", "sample_layout"]
+           "OUTLINE_RGB", "MARK_MIN_SHARE", "sample_layout", "colorbar", "hatch_mask", "HATCH_NOW_RGB",
+           "HATCH_DEAD_RGB", "kept_legend", "heat_legend"]
 
 PANEL_SIZE = 384                 # longer side of one panel, in pixels
 DEAD_RGB = (40, 40, 48)          # colour mixed into tokens no longer alive
@@ -43,6 +48,9 @@ RED_ALPHA = 0.62
 OUTLINE_RGB = (0, 229, 255)      # contour of the tokens that matter (cyan: apart from red, grey and the heat map)
 OUTLINE_WIDTH = 3                # pixels, drawn inside the outlined patches
 MARK_MIN_SHARE = 0.25            # a vision token is marked when at least this share of its patch is painted
+HATCH_NOW_RGB = (255, 255, 255)  # "/" hatching of the patches dropped at the shown layer
+HATCH_DEAD_RGB = (176, 176, 188) # "\\" hatching of the patches dropped earlier
+HATCH_SPACING, HATCH_WIDTH = 6, 2  # pixels between hatch lines, and their width
 
 _INFERNO = np.array([  # anchor colours of a perceptually ordered map (dark -> bright)
     (0, 0, 4), (40, 11, 84), (101, 21, 110), (159, 42, 99), (212, 72, 66), (245, 125, 21), (250, 193, 39),
@@ -126,13 +134,11 @@ def _paint_panels(bases: list[Image.Image], layout: PatchLayout, colour_of,
     contour around the ``outline`` tokens."""
     boxes = patch_boxes(layout, bases[0].size)
     arrays = [np.asarray(base, dtype=np.float32).copy() for base in bases]   # (H, W, 3) each
+    hatches = {d: hatch_mask(bases[0].size, d) for d in "/\\"}              # (H, W) bool each
     for ordinal, (frame, x0, y0, x1, y1) in boxes.items():
         paint = colour_of(ordinal)
-        if paint is None:
-            continue
-        rgb, alpha = paint
-        cell = arrays[frame][y0:y1, x0:x1]
-        cell[:] = cell * (1 - alpha) + np.asarray(rgb, dtype=np.float32) * alpha
+        if paint is not None:
+            _paint_cell(arrays[frame], (x0, y0, x1, y1), paint, hatches)
     panels = []
     for frame, arr in enumerate(arrays):
         panel = Image.fromarray(arr.clip(0, 255).astype(np.uint8))
@@ -141,6 +147,26 @@ def _paint_panels(bases: list[Image.Image], layout: PatchLayout, colour_of,
     if outline:
         _outline(panels, layout, boxes, set(outline))
     return panels
+
+
+def hatch_mask(size: tuple[int, int], direction: str = "/") -> np.ndarray:
+    """``(h, w)`` bool: the pixels of diagonal hatch lines (``"/"`` or ``"\\"``), one pattern over
+    the whole panel so that the lines run on across neighbouring patches."""
+    w, h = size
+    ys, xs = np.mgrid[0:h, 0:w]
+    phase = (xs + ys) if direction == "/" else (xs - ys)
+    return (phase % HATCH_SPACING) < HATCH_WIDTH
+
+
+def _paint_cell(arr: np.ndarray, box: tuple[int, int, int, int], paint: tuple, hatches: dict) -> None:
+    """Blend one patch of ``arr`` with ``paint = (rgb, alpha[, (hatch rgb, direction)])``."""
+    x0, y0, x1, y1 = box
+    cell = arr[y0:y1, x0:x1]
+    rgb, alpha = paint[0], paint[1]
+    cell[:] = cell * (1 - alpha) + np.asarray(rgb, dtype=np.float32) * alpha
+    if len(paint) > 2 and paint[2] is not None:
+        hatch_rgb, direction = paint[2]
+        cell[hatches[direction][y0:y1, x0:x1]] = np.asarray(hatch_rgb, dtype=np.float32)
 
 
 def _outline(panels: list[Image.Image], layout: PatchLayout, boxes: dict, tokens: set[int]) -> None:
@@ -210,6 +236,10 @@ def _grid_lines(panel: Image.Image, grid: tuple[int, int]) -> None:
         draw.line([(0, y), (w, y)], fill=(255, 255, 255, 40))
 
 
+DROPPED_NOW = (DROPPED_NOW_RGB, RED_ALPHA, (HATCH_NOW_RGB, "/"))      # paint of a patch dropped at this layer
+DROPPED_BEFORE = (DEAD_RGB, DIM_ALPHA, (HATCH_DEAD_RGB, "\\"))        # and of one dropped at an earlier layer
+
+
 def layer_status(sample: SampleTrace, layer: int) -> tuple[set[int], set[int]]:
     """``(alive, dropped_now)`` ordinals at ``layer``: the tokens the layer processes, and those
     removed right before it (empty unless ``layer`` is a drop layer)."""
@@ -219,11 +249,13 @@ def layer_status(sample: SampleTrace, layer: int) -> tuple[set[int], set[int]]:
 
 
 def kept_overlay(image: Image.Image, sample: SampleTrace, layer: int, region: Sequence[float] | None = None,
-                 size: int = PANEL_SIZE, outline: Collection[int] | None = None) -> Image.Image:
+                 size: int = PANEL_SIZE, outline: Collection[int] | None = None, legend: bool = False) -> Image.Image:
     """The image with the vision tokens that layer ``layer`` processes shown as they are, the ones
-    dropped before it dimmed, and the ones dropped right at it (a drop layer) tinted red. The
-    ``outline`` tokens (e.g. the question's objects) get a cyan contour."""
-    return _render(image, sample, region, size, _kept_colours(sample, layer), outline)
+    dropped before it dimmed and hatched, and the ones dropped right at it (a drop layer) tinted red
+    and hatched. The ``outline`` tokens (e.g. the question's objects) get a cyan contour;
+    ``legend=True`` adds the key under the picture."""
+    img = _render(image, sample, region, size, _kept_colours(sample, layer), outline)
+    return _stack(img, kept_legend(img.width, bool(outline))) if legend else img
 
 
 def _kept_colours(sample: SampleTrace, layer: int):
@@ -233,50 +265,63 @@ def _kept_colours(sample: SampleTrace, layer: int):
         if i in alive:
             return None
         if i in dropped_now:
-            return DROPPED_NOW_RGB, RED_ALPHA
-        return DEAD_RGB, DIM_ALPHA
+            return DROPPED_NOW
+        return DROPPED_BEFORE
 
     return colour
 
 
 def dropped_overlay(image: Image.Image, sample: SampleTrace, layer: int, region: Sequence[float] | None = None,
-                    size: int = PANEL_SIZE, outline: Collection[int] | None = None) -> Image.Image:
+                    size: int = PANEL_SIZE, outline: Collection[int] | None = None,
+                    legend: bool = False) -> Image.Image:
     """Which patches went at drop layer ``layer``: those tinted red (dropped there), grey (dropped
     at an earlier layer), untouched (still alive after it). ``ValueError`` if not a drop layer."""
     if layer not in sample.kept:
         raise ValueError(f"layer {layer} is not a drop layer of this run (drop layers: {sorted(sample.kept)})")
-    return kept_overlay(image, sample, layer, region, size, outline)
+    return kept_overlay(image, sample, layer, region, size, outline, legend)
 
 
 def variation_heatmap(image: Image.Image, sample: SampleTrace, layer: int, region: Sequence[float] | None = None,
                       size: int = PANEL_SIZE, alpha: float = 0.6, normalise: str = "layer",
-                      outline: Collection[int] | None = None) -> Image.Image:
+                      outline: Collection[int] | None = None, legend: bool = True) -> Image.Image:
     """The variation score ``‖h_l − h_(l−1)‖₂`` of every vision token alive at ``layer``, as a colour
-    map over its patch (dark = little change, bright = much); tokens no longer alive are dark grey.
-    ``normalise="layer"`` stretches this layer's scores to the full colour range; ``"log"`` first
-    takes log1p. Needs the run's trace made with ``trace_all_layers=True`` (or a drop layer). The
-    ``outline`` tokens get a cyan contour."""
-    return _render(image, sample, region, size, _variation_colours(sample, layer, alpha, normalise), outline)
+    map over its patch (dark = little change, bright = much); tokens no longer alive are grey and
+    hatched, as in :func:`kept_overlay`. ``normalise="layer"`` stretches this layer's scores to the
+    full colour range; ``"log"`` first takes log1p. Needs the run's trace made with
+    ``trace_all_layers=True`` (or a drop layer). The ``outline`` tokens get a cyan contour;
+    ``legend=True`` (the default) adds a colour bar with the layer's lowest and highest score."""
+    img = _render(image, sample, region, size, _variation_colours(sample, layer, alpha, normalise), outline)
+    return _stack(img, heat_legend(img.width, *variation_range(sample, layer, normalise))) if legend else img
 
 
-def _variation_colours(sample: SampleTrace, layer: int, alpha: float = 0.6, normalise: str = "layer"):
+def variation_range(sample: SampleTrace, layer: int, normalise: str = "layer") -> tuple[float, float]:
+    """(lowest, highest) variation score at ``layer`` (after ``log1p`` for ``normalise="log"``):
+    the two ends of the heatmap's colour bar."""
+    return _variation_values(sample, layer, normalise)[2:]
+
+
+def _variation_values(sample: SampleTrace, layer: int, normalise: str) -> tuple[list, np.ndarray, float, float]:
     entry = sample.scores.get(layer)
     if entry is None:
         raise ValueError(f"no variation scores at layer {layer}"
                          + (" (layer 0 has no previous layer to compare with)" if layer == 0 else
                             "; run with trace_all_layers=True"))
-    index = list(entry["index"])
     values = np.asarray(entry["score"], dtype=np.float64)
     if normalise == "log":
         values = np.log1p(np.maximum(values, 0))
     finite = values[np.isfinite(values)]
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    return list(entry["index"]), values, lo, hi
+
+
+def _variation_colours(sample: SampleTrace, layer: int, alpha: float = 0.6, normalise: str = "layer"):
+    index, values, lo, hi = _variation_values(sample, layer, normalise)
     norm = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
     colours = colormap(norm)
     table = {int(i): (tuple(int(v) for v in c), alpha) for i, c in zip(index, colours)}
 
     def colour(i: int):
-        return table.get(i, (DEAD_RGB, DIM_ALPHA))
+        return table.get(i, DROPPED_BEFORE)
 
     return colour
 
@@ -285,6 +330,92 @@ def colorbar(width: int = 256, height: int = 14) -> Image.Image:
     """A horizontal legend of :func:`colormap` (left = low variation, right = high)."""
     row = colormap(np.linspace(0, 1, width))
     return Image.fromarray(np.repeat(row[None], height, axis=0))
+
+
+# ------------------------------------------------------------------------------------ legends
+LEGEND_ROW = 22                  # height of one legend row, in pixels
+_SWATCH_BASE = (150, 160, 150)   # a mid-tone patch the swatches are painted on
+
+
+def _font(size: int = 12) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # an old Pillow or one without FreeType: the bitmap font
+        return ImageFont.load_default()
+
+
+def _stack(picture: Image.Image, legend: Image.Image) -> Image.Image:
+    """``legend`` under ``picture`` (both as wide)."""
+    canvas = Image.new("RGB", (picture.width, picture.height + legend.height), (255, 255, 255))
+    canvas.paste(picture, (0, 0))
+    canvas.paste(legend, (0, picture.height))
+    return canvas
+
+
+def _swatch(paint: tuple | None, side: int, outline: bool = False) -> Image.Image:
+    """One patch of the legend, painted as the overlays paint a patch."""
+    arr = np.full((side, side, 3), _SWATCH_BASE, dtype=np.float32)
+    if paint is not None:
+        _paint_cell(arr, (0, 0, side, side), paint, {d: hatch_mask((side, side), d) for d in "/\\"})
+    img = Image.fromarray(arr.astype(np.uint8))
+    if outline:
+        ImageDraw.Draw(img).rectangle((0, 0, side - 1, side - 1), outline=OUTLINE_RGB, width=OUTLINE_WIDTH)
+    return img
+
+
+def _key_rows(width: int, entries: list[tuple[Image.Image, str]]) -> Image.Image:
+    """Swatch + label entries flowed into rows that fit ``width``."""
+    font, side, pad = _font(), LEGEND_ROW - 6, 6
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    placed, x, row = [], pad, 0
+    for swatch, label in entries:
+        need = side + 4 + int(draw.textlength(label, font=font)) + 2 * pad
+        if x > pad and x + need > width:
+            x, row = pad, row + 1
+        placed.append((x, row, swatch, label))
+        x += need
+    canvas = Image.new("RGB", (width, (row + 1) * LEGEND_ROW), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for x, r, swatch, label in placed:
+        y = r * LEGEND_ROW + 3
+        canvas.paste(swatch, (x, y))
+        draw.text((x + side + 4, y + 1), label, fill=(0, 0, 0), font=font)
+    return canvas
+
+
+def kept_legend(width: int, outline: bool = False) -> Image.Image:
+    """The key of :func:`kept_overlay`: kept, dropped at this layer, dropped earlier (and the
+    outline of what matters)."""
+    side = LEGEND_ROW - 6
+    entries = [(_swatch(None, side), "kept"), (_swatch(DROPPED_NOW, side), "dropped at this layer"),
+               (_swatch(DROPPED_BEFORE, side), "dropped earlier")]
+    if outline:
+        entries.append((_swatch(None, side, outline=True), "what matters"))
+    return _key_rows(width, entries)
+
+
+def heat_legend(width: int, lo: float, hi: float) -> Image.Image:
+    """The colour bar of :func:`variation_heatmap`: ``lo`` (dark) to ``hi`` (bright), and the
+    hatched grey of tokens already dropped (they have no score)."""
+    font, pad, side = _font(), 6, LEGEND_ROW - 6
+    label = "dropped earlier"
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    key_w = side + 4 + int(draw.textlength(label, font=font)) + pad
+    bar_w = max(40, width - 2 * pad - key_w - pad)
+    canvas = Image.new("RGB", (width, 2 * LEGEND_ROW), (255, 255, 255))
+    canvas.paste(colorbar(bar_w, side), (pad, 3))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((pad, LEGEND_ROW + 1), f"low {lo:.3g}", fill=(0, 0, 0), font=font)
+    high = f"{hi:.3g} high"
+    draw.text((pad + bar_w - int(draw.textlength(high, font=font)), LEGEND_ROW + 1), high, fill=(0, 0, 0), font=font)
+    middle = "variation this layer"
+    if draw.textlength(middle + f"low {lo:.3g}" + high, font=font) + 24 < bar_w:
+        draw.text((pad + (bar_w - int(draw.textlength(middle, font=font))) // 2, LEGEND_ROW + 1), middle,
+                  fill=(90, 90, 90), font=font)
+    x = pad + bar_w + pad
+    canvas.paste(_swatch(DROPPED_BEFORE, side), (x, 3))
+    draw.text((x + side + 4, 4), label, fill=(0, 0, 0), font=font)
+    return canvas
 
 
 # ------------------------------------------------------------------------------------ video
@@ -333,7 +464,7 @@ def strip_tiles(frames: Sequence[Image.Image], sample: SampleTrace, layer: int, 
 
 def frame_strip(frames: Sequence[Image.Image], sample: SampleTrace, layer: int, mode: str = "kept",
                 step: int = 1, timestamps: Sequence[float] | None = None, size: int = TILE_SIZE,
-                per_row: int = 8, alpha: float = 0.6, normalise: str = "layer") -> Image.Image:
+                per_row: int = 8, alpha: float = 0.6, normalise: str = "layer", legend: bool = False) -> Image.Image:
     """A video run at decoder layer ``layer`` as a strip of frame tiles (rows of ``per_row``).
 
     ``frames``: the sampled frames the model saw (``DecodedVideo.frames``); ``step``: sampled
@@ -341,7 +472,8 @@ def frame_strip(frames: Sequence[Image.Image], sample: SampleTrace, layer: int, 
     1 for LLaVA-OneVision). ``mode``: ``"kept"`` (as :func:`kept_overlay`: alive patches clear,
     earlier drops dimmed, drops at this layer red), ``"dropped"`` (the same, but ``ValueError``
     unless ``layer`` is a drop layer) or ``"variation"`` (as :func:`variation_heatmap`). Each tile
-    is labelled with its frame(s), time and alive tokens of that frame."""
+    is labelled with its frame(s), time and alive tokens of that frame; ``legend=True`` adds the key
+    (the colour bar in ``"variation"`` mode) under the strip."""
     tiles = strip_tiles(frames, sample, layer, mode, step, size, alpha, normalise)
     layout = sample_layout(sample)
     alive = set(sample.alive_after(layer))
@@ -351,7 +483,12 @@ def frame_strip(frames: Sequence[Image.Image], sample: SampleTrace, layer: int, 
         totals[f] += 1
         kept[f] += i in alive
     labels = frame_labels(len(tiles), len(frames), step, timestamps)
-    return _tile_rows(tiles, [f"{label} · {k}/{t}" for label, k, t in zip(labels, kept, totals)], per_row)
+    strip = _tile_rows(tiles, [f"{label} · {k}/{t}" for label, k, t in zip(labels, kept, totals)], per_row)
+    if not legend:
+        return strip
+    key = heat_legend(strip.width, *variation_range(sample, layer, normalise)) if mode == "variation" else \
+        kept_legend(strip.width)
+    return _stack(strip, key)
 
 
 def contact_sheet(frames: Sequence[Image.Image], timestamps: Sequence[float] | None = None,
