@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from v2drop.schedule import DropSchedule
+from v2drop.schedule import DropSchedule, drop_layers, first_layer_schedule  # the rule lives in the library: the app sweeps by it too
 from v2drop.trace import SampleTrace, Trace
 
 __all__ = ["drop_layers", "sweep_schedule", "SweepSchedule", "default_first_layers", "patch_indices",
@@ -39,22 +39,9 @@ __all__ = ["drop_layers", "sweep_schedule", "SweepSchedule", "default_first_laye
 DEFAULT_METHODS = ("v2drop", "fastv-lite", "pdrop", "random", "uniform")
 DEFAULT_BUDGETS = (0.5, 0.3333)
 SINGLE_STAGE = ("fastv", "fastv-lite")  # FastV drops once
-STAGES = 3  # drop layers of the multi-stage methods (V²Drop's paper schedules have three)
 
 
 # ----------------------------------------------------------------------------- the schedule rule
-def drop_layers(first_layer: int, num_layers: int, stages: int = STAGES) -> tuple[int, ...]:
-    """The drop layers of a multi-stage schedule that starts at ``first_layer`` on a decoder of
-    ``num_layers`` layers: the remaining depth ``D − L1`` is cut into ``stages`` equal parts and a
-    stage starts each part, ``L1 + floor(k·(D − L1) / stages)`` for ``k = 0 .. stages−1``,
-    deduplicated (all < D by construction). On 8 layers: L1=1 → 1,3,5; 2 → 2,4,6 (the Shapes
-    presets' layers); 3 → 3,4,6; 5 → 5,6,7; 6 → 6,7; 7 → 7."""
-    if not 1 <= first_layer < num_layers:
-        raise ValueError(f"first drop layer {first_layer} must be in 1 .. {num_layers - 1} "
-                         "(layer 0 has no previous layer to compare with)")
-    return tuple(sorted({first_layer + k * (num_layers - first_layer) // stages for k in range(stages)}))
-
-
 @dataclass(frozen=True)
 class SweepSchedule:
     """What one method runs at one (budget, first layer): ``schedule`` is ``None`` when the
@@ -82,9 +69,10 @@ def sweep_schedule(method: str, first_layer: int, num_layers: int, budget: float
     the layer-averaged kept share meets ``budget``; when even dropping everything at
     ``first_layer`` keeps more than the budget (``first_layer / num_layers > budget``) the
     position is unreachable: nothing is moved or clamped."""
-    layers = (first_layer,) if method in SINGLE_STAGE else drop_layers(first_layer, num_layers)
     try:
-        schedule = DropSchedule.for_budget(num_layers, layers, budget, num_vision_tokens)
+        schedule = (DropSchedule.for_budget(num_layers, (first_layer,), budget, num_vision_tokens)
+                    if method in SINGLE_STAGE else first_layer_schedule(first_layer, num_layers, budget,
+                                                                        num_vision_tokens))
     except ValueError as err:
         return SweepSchedule(None, None, str(err))
     share = schedule.average_kept(num_layers, num_vision_tokens) / num_vision_tokens
@@ -182,6 +170,8 @@ def _row(budget: float, first_layer: int, method: str, plan: SweepSchedule, resu
                note=plan.note, accuracy=None, per_type=None, relative=None, relative_per_type=None,
                recall_at_first_drop=None, recall_per_type=None, recall_n_per_type=None, seconds=None)
     if result is not None and recall is not None:
+        if "random_draws" in result:  # how many random masks the accuracy averages
+            row["random_draws"] = result["random_draws"]
         row.update(accuracy=result["accuracy"], per_type=result["per_type"], seconds=result["seconds"],
                    relative=_relative(result["accuracy"], base["accuracy"]),
                    relative_per_type={t: _relative(a, base["per_type"].get(t, 0.0))

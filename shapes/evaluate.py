@@ -123,6 +123,8 @@ def evaluate(model, processor, questions, method="none", schedule=None, batch_si
     ``method="none"`` runs the unpatched model; otherwise the model is patched with
     ``v2drop.apply(model, schedule, method=method)`` for each batch.
     ``on_trace``: optional callback given each batch's ``v2drop.Trace`` (e.g. kept positions).
+    A stochastic rule (``random``) is seeded with each batch's first question index, so every
+    question gets its own draw and the accuracy averages ``n`` draws (``random_draws``).
     """
     correct, total, preds, kept = {}, {}, [], []
     t0 = time.time()
@@ -135,7 +137,7 @@ def evaluate(model, processor, questions, method="none", schedule=None, batch_si
         else:
             from v2drop import apply  # the engine; imported lazily
 
-            with apply(model, schedule, method=method) as run:
+            with apply(model, schedule, method=method, seed=i) as run:  # random: a fresh draw per question
                 outs = answer(model, processor, imgs, qs, max_new_tokens)
             if on_trace is not None:
                 on_trace(run.trace)
@@ -158,6 +160,8 @@ def evaluate(model, processor, questions, method="none", schedule=None, batch_si
         "seconds": round(elapsed, 2),
         "seconds_per_question": round(elapsed / max(1, sum(total.values())), 4),
     }
+    if method == "random":
+        res["random_draws"] = res["n"]  # one draw per question (seeded per batch, a row per question)
     if kept:
         res["trace_avg_kept"] = sum(kept) / len(kept)
     if return_predictions:

@@ -169,10 +169,13 @@ class AttentionRule:
 @dataclass(frozen=True)
 class RandomRule:
     name: str = "random"
-    description: str = ("Random dropping (seeded through apply(..., seed=...)): the floor every scoring "
-                        "rule should beat, used as a throughput reference in V²Drop's efficiency table.")
+    description: str = ("Random dropping (seeded through apply(..., seed=...); each drop layer draws from "
+                        "its own stream of that seed): the floor every scoring rule should beat, used as a "
+                        "throughput reference in V²Drop's efficiency table. One seed is one draw: the app "
+                        "draws a fresh seed per run and shows it.")
     needs_previous_hidden: bool = False
     allows_layer_zero: bool = True
+    stochastic: bool = True   # its choice depends on the seed (the engine records the seed in the trace)
 
     def score(self, ctx: ScoreContext) -> torch.Tensor:
         return torch.rand(ctx.vision_index.shape, generator=ctx.generator).to(ctx.hidden.device)

@@ -36,7 +36,7 @@ from .schedule import DropSchedule
 from .scoring import ScoreContext, ScoringRule, get_method, variation
 from .trace import SampleTrace, Trace
 
-__all__ = ["apply", "DropSession"]
+__all__ = ["apply", "DropSession", "layer_seed"]
 
 
 @contextlib.contextmanager
@@ -63,6 +63,12 @@ def apply(
         yield session
     finally:
         session.remove()
+
+
+def layer_seed(seed: int, layer: int) -> int:
+    """The generator seed of drop layer ``layer`` in a run seeded ``seed``: distinct for every
+    (seed, layer) pair (``seed + layer`` would give run 1's layer 2 the mask of run 0's layer 3)."""
+    return ((int(seed) << 16) ^ int(layer)) & 0x7FFF_FFFF_FFFF_FFFF
 
 
 @dataclass
@@ -113,7 +119,8 @@ class DropSession:
         self.trace_all_layers = trace_all_layers
         self.seed = seed
         self.vision_ids = torch.tensor(self.adapter.vision_token_ids())
-        self.trace = Trace(method=method, schedule=str(self.schedule), num_layers=self.num_layers)
+        self.trace = Trace(method=method, schedule=str(self.schedule), num_layers=self.num_layers,
+                           seed=seed if getattr(self.rule, "stochastic", False) else None)
         self._handles: list[Any] = []
         self._sequence: _Sequence | None = None
         self._forward: _Forward | None = None
@@ -160,7 +167,8 @@ class DropSession:
                 sample.layout = layout
 
     def reset_trace(self) -> None:
-        self.trace = Trace(method=self.trace.method, schedule=self.trace.schedule, num_layers=self.num_layers)
+        self.trace = Trace(method=self.trace.method, schedule=self.trace.schedule, num_layers=self.num_layers,
+                           seed=self.trace.seed)
 
     # ------------------------------------------------------------------ model-level hooks
     def _before_model(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -297,7 +305,7 @@ class DropSession:
         vision_ordinal = fwd.ordinal.gather(1, vision_index)           # (B, n)
 
         start = time.perf_counter()
-        generator = torch.Generator(device="cpu").manual_seed(self.seed + idx)
+        generator = torch.Generator(device="cpu").manual_seed(layer_seed(self.seed, idx))
         ctx = ScoreContext(
             layer_idx=idx, hidden=hidden, previous_hidden=fwd.previous_hidden,
             vision_index=vision_index, vision_ordinal=vision_ordinal, keep_count=keep,

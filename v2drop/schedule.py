@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 __all__ = ["DropSchedule", "PRESETS", "PAPER_DEPTH", "PAPER_LAYERS", "prefill_flops", "scale_layers", "fastv_layer",
-           "pdrop_layers", "matched_schedule"]
+           "pdrop_layers", "matched_schedule", "drop_layers", "default_schedule", "DEFAULT_BUDGET", "DEFAULT_RULE",
+           "DEFAULT_STAGES", "first_layer_schedule"]
 
 #: the paper's LLaVA-1.5-7B decoder depth and its V²Drop drop layers
 PAPER_DEPTH = 32
@@ -227,6 +228,55 @@ class DropSchedule:
                      for n in self.alive_per_layer(num_layers, num_vision_tokens))
         full = num_layers * prefill_flops(num_text_tokens + num_vision_tokens, **dims)
         return pruned / full
+
+
+# --------------------------------------------------------------------- the default and the sweep's rule
+#: the layer-averaged share of the vision tokens that the default schedule keeps
+DEFAULT_BUDGET = 0.5
+#: the default rule in words, for pages and docs (:func:`default_schedule`)
+DEFAULT_RULE = ("the paper's drop layers (3, 17 and 22 of LLaMA's 32) moved to the same relative depth of "
+                "this model, with one shared keep ratio solved so that, on layer average, half of the vision "
+                "tokens are kept")
+#: drop layers of a multi-stage schedule in the drop-layer sweep (V²Drop's paper schedules have three)
+DEFAULT_STAGES = 3
+
+
+def default_schedule(num_layers: int, num_vision_tokens: int = 10_000,
+                     budget: float = DEFAULT_BUDGET) -> DropSchedule:
+    """Every model's default schedule, by one rule that knows nothing of which method wins:
+    :data:`PAPER_LAYERS` scaled to ``num_layers`` (:func:`scale_layers`; on a model too shallow for
+    three distinct layers, the distinct ones of the same rounding), one shared keep ratio for a
+    layer-averaged kept share of ``budget`` (:meth:`DropSchedule.for_budget`). E.g. 8 layers:
+    ``1,4,6``; 24: ``2,13,17``; 28: ``3,15,19``. ``ValueError`` for a model with one layer."""
+    if num_layers < 2:
+        raise ValueError(f"a {num_layers}-layer model has no layer to drop at (layer 0 has no previous layer)")
+    try:
+        layers = scale_layers(PAPER_LAYERS, num_layers)
+    except ValueError:
+        layers = tuple(sorted({min(num_layers - 1, max(1, math.floor(layer * num_layers / PAPER_DEPTH + 0.5)))
+                               for layer in PAPER_LAYERS}))
+    return DropSchedule.for_budget(num_layers, layers, budget, num_vision_tokens)
+
+
+def drop_layers(first_layer: int, num_layers: int, stages: int = DEFAULT_STAGES) -> tuple[int, ...]:
+    """The drop layers of a multi-stage schedule that starts at ``first_layer`` on a decoder of
+    ``num_layers`` layers (the drop-layer sweep's rule, ``benchmarks.sweep`` and the app's one-click
+    sweep): the remaining depth ``D − L1`` is cut into ``stages`` equal parts and a stage starts
+    each part, ``L1 + floor(k·(D − L1) / stages)`` for ``k = 0 .. stages−1``, deduplicated (all < D
+    by construction). On 8 layers: L1=1 → 1,3,5; 2 → 2,4,6 (the Shapes presets' layers); 3 → 3,4,6;
+    5 → 5,6,7; 6 → 6,7; 7 → 7."""
+    if not 1 <= first_layer < num_layers:
+        raise ValueError(f"first drop layer {first_layer} must be in 1 .. {num_layers - 1} "
+                         "(layer 0 has no previous layer to compare with)")
+    return tuple(sorted({first_layer + k * (num_layers - first_layer) // stages for k in range(stages)}))
+
+
+def first_layer_schedule(first_layer: int, num_layers: int, budget: float, num_vision_tokens: int,
+                         stages: int = DEFAULT_STAGES) -> DropSchedule:
+    """The drop-layer sweep's multi-stage schedule: stages at :func:`drop_layers`, one shared keep
+    ratio for a layer-averaged kept share of ``budget``. ``ValueError`` when the position cannot
+    reach the budget (dropping everything at ``first_layer`` keeps more): nothing is moved or clamped."""
+    return DropSchedule.for_budget(num_layers, drop_layers(first_layer, num_layers, stages), budget, num_vision_tokens)
 
 
 # --------------------------------------------------------------------- baselines' schedules

@@ -78,6 +78,7 @@ class Trace:
     kv_cache_bytes: int | None = None  # keys + values held after the last forward
     prompt_tokens: int = 0
     prefill_calls: int = 0            # >1 when generating without a KV cache
+    seed: int | None = None           # the seed of a stochastic rule (``random``): the run's draw, to repeat it
 
     @property
     def decode_tokens_per_second(self) -> float | None:
