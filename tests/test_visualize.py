@@ -382,3 +382,36 @@ def test_sweep_story_reads_the_numbers_of_each_budget_and_layer():
     assert ("layer 1: 97 % of the accuracy, 72 % of the object patches kept (best other: random 95 %); "
             "layer 2: 39 % of the accuracy, 3 % of the object patches kept (best other: random 93 %).") in text
     assert "layer 5" not in text  # unreachable positions are not described
+
+
+def test_sweep_figure_titles_ranges_and_lines_read_at_a_glance():
+    """The embedded model's sweep figure: short titles that cannot overlap, one y-range per row,
+    and a look per method that keeps coinciding lines visible (random lies under uniform)."""
+    import json
+    from pathlib import Path
+
+    sweep = json.loads((Path(__file__).resolve().parents[1] / "assets" / "shapes-llava" / "sweep.json").read_text())
+    fig = charts.sweep_chart(sweep)
+    budgets = list(dict.fromkeys(r["budget"] for r in sweep["rows"]))
+    titles = [a.text for a in fig.layout.annotations if a.text.startswith("budget")]
+    assert titles == [f"budget {100 * b:.0f} %" for b in budgets]  # one short title per column, no row titles
+    axes = fig.layout
+    for row in (1, 2):  # the panels of a row share one y-range
+        names = [f"yaxis{'' if (row - 1) * len(budgets) + c == 1 else (row - 1) * len(budgets) + c}"
+                 for c in range(1, len(budgets) + 1)]
+        ranges = {tuple(axes[n].range) for n in names}
+        assert len(ranges) == 1, (row, ranges)
+        low, high = ranges.pop()
+        assert low == 0 and high >= 100
+    looks = {}
+    for t in fig.data:
+        looks.setdefault(t.name, (t.line.color, t.line.dash, t.marker.symbol, t.line.width))
+    assert len({look[:3] for look in looks.values()}) == len(looks)   # colour, dash and marker: each its own
+    widths = [look[3] for look in looks.values()]
+    assert widths == sorted(widths, reverse=True) and len(set(widths)) == len(widths)  # later lines thinner
+    methods = list(looks)
+    # where random and uniform coincide, the one drawn first is wider: both stay visible
+    assert methods.index("random") < methods.index("uniform")
+    assert fig.layout.legend.y < 0 and fig.layout.margin.t >= 100  # legend under the plots, title room above
+    assert all(len(line) <= 60 for line in fig.layout.title.text.replace("<sup>", "").replace("</sup>", "")
+               .split("<br>"))  # every title line fits a phone

@@ -228,47 +228,71 @@ def frame_timeline(trace: Trace, sample: int = 0, step: int = 1, timestamps: Seq
                    max(300, 130 + 28 * len(labels)))
 
 
+# one look per method of the sweep figure, in drawing order: every line keeps its own colour, dash
+# and marker, and each is drawn thinner than the one before, so a line that coincides with an
+# earlier one (random and uniform keep the same share of the object patches) still shows around it
+SWEEP_PALETTE = ["#e4572e", "#17bebb", "#76b041", "#7f8c8d", "#c99700", "#2e282a", "#8e7dbe"]
+SWEEP_DASHES = ["solid", "dot", "dashdot", "solid", "dash", "longdash", "longdashdot"]
+SWEEP_SYMBOLS = ["circle", "square", "diamond", "x", "triangle-up", "star", "cross"]
+SWEEP_ROWS = ((1, "relative", "accuracy,<br>% of unpruned"), (2, "recall_at_first_drop", "object patches<br>alive, %"))
+
+
+def sweep_style(i: int, n: int) -> dict:
+    """The line and marker of the ``i``-th of ``n`` methods: widths 5.5 down to 1.5 px."""
+    width = 5.5 - 4.0 * i / max(1, n - 1)
+    return dict(line=dict(color=SWEEP_PALETTE[i % len(SWEEP_PALETTE)], width=width, dash=SWEEP_DASHES[i % 7]),
+                marker=dict(symbol=SWEEP_SYMBOLS[i % 7], size=6 + width, line=dict(width=0)))
+
+
+def _sweep_lines(fig: go.Figure, rows: list, budget: float, col: int, methods: list[str]) -> None:
+    """The methods' lines of one budget's column, both rows."""
+    for i, method in enumerate(methods):
+        sel = sorted((r for r in rows if r["budget"] == budget and r["method"] == method),
+                     key=lambda r: r["first_layer"])
+        text = [f"{method}, first drop layer {r['first_layer']}<br>" + (
+            f"schedule {r['schedule']} (avg kept {100 * r['avg_kept_share']:.1f} %)<br>"
+            f"accuracy {100 * r['accuracy']:.1f} %" if r["reachable"] else "budget unreachable here") for r in sel]
+        for row, key, _ in SWEEP_ROWS:
+            y = [None if r[key] is None else 100 * r[key] for r in sel]
+            fig.add_trace(go.Scatter(x=[r["first_layer"] for r in sel], y=y, name=method, mode="lines+markers",
+                                     legendgroup=method, showlegend=col == 1 and row == 1, text=text,
+                                     connectgaps=False, hovertemplate="%{text}<br>" + ("relative" if row == 1
+                                     else "recall") + " %{y:.1f} %<extra></extra>", **sweep_style(i, len(methods))),
+                          row=row, col=col)
+
+
 def sweep_chart(sweep: Mapping[str, Any]) -> go.Figure:
     """The drop-layer sweep (``python -m benchmarks.sweep``'s JSON): x = first drop layer, one line per
     method, one column per budget; top row accuracy relative to the unpruned model, bottom row the
-    share of the question's object patches still alive right after the first drop. Unreachable
-    positions are gaps; hover shows each point's schedule."""
+    share of the question's object patches still alive right after the first drop. Panels of a row
+    share one y-range; column titles are short (the rows are named on the y axes) so that nothing
+    overlaps, even on a phone. Unreachable positions are gaps; hover shows each point's schedule."""
     rows = sweep["rows"]
     budgets = list(dict.fromkeys(r["budget"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    palette = ["#e4572e", "#17bebb", "#76b041", "#7f8c8d", "#ffc914", "#2e282a", "#8e7dbe"]
-    fig = make_subplots(rows=2, cols=len(budgets), shared_xaxes=True, vertical_spacing=0.1,
-                        subplot_titles=[f"{t}, budget {100 * b:.0f} % of the vision tokens" for t in
-                                        ("accuracy vs unpruned", "object-patch recall at first drop")
-                                        for b in budgets])
+    fig = make_subplots(rows=2, cols=len(budgets), shared_xaxes=True, vertical_spacing=0.08,
+                        horizontal_spacing=0.06, subplot_titles=[f"budget {100 * b:.0f} %" for b in budgets])
     for col, budget in enumerate(budgets, start=1):
-        for i, method in enumerate(methods):
-            sel = sorted((r for r in rows if r["budget"] == budget and r["method"] == method),
-                         key=lambda r: r["first_layer"])
-            x = [r["first_layer"] for r in sel]
-            text = [f"{method}, first drop layer {r['first_layer']}<br>" + (
-                f"schedule {r['schedule']} (avg kept {100 * r['avg_kept_share']:.1f} %)<br>"
-                f"accuracy {100 * r['accuracy']:.1f} %" if r["reachable"] else "budget unreachable here")
-                for r in sel]
-            style = dict(mode="lines+markers", legendgroup=method, line=dict(color=palette[i % len(palette)]),
-                         text=text, connectgaps=False)
-            for row, key in ((1, "relative"), (2, "recall_at_first_drop")):
-                y = [None if r[key] is None else 100 * r[key] for r in sel]
-                fig.add_trace(go.Scatter(x=x, y=y, name=method, showlegend=col == 1 and row == 1,
-                                         hovertemplate="%{text}<br>" + ("relative" if row == 1 else "recall")
-                                         + " %{y:.1f} %<extra></extra>", **style), row=row, col=col)
+        _sweep_lines(fig, rows, budget, col, methods)
         fig.add_hline(y=100, line=dict(color="#bbbbbb", dash="dash"), row=1, col=col)
         out_of_reach = [r["first_layer"] for r in rows if r["budget"] == budget and not r["reachable"]]
         if out_of_reach:
             fig.add_vrect(x0=min(out_of_reach) - 0.5, x1=max(out_of_reach) + 0.5, fillcolor="#888888", opacity=0.12,
-                          line_width=0, annotation_text="budget unreachable", annotation_position="top left",
-                          row="all", col=col)
+                          line_width=0, annotation_text="unreachable", annotation_position="top",
+                          annotation_font_size=10, row="all", col=col)
     layers = [r["first_layer"] for r in rows]
-    fig.update_xaxes(range=[min(layers) - 0.5, max(layers) + 0.5])
-    fig.update_xaxes(title_text="first drop layer", dtick=1, row=2)
-    fig.update_yaxes(title_text="accuracy, % of unpruned", rangemode="tozero", row=1, col=1)
-    fig.update_yaxes(title_text="object patches alive, %", range=[0, 105], row=2, col=1)
+    top = max([100 * r["relative"] for r in rows if r.get("relative") is not None] + [100.0])
+    fig.update_xaxes(range=[min(layers) - 0.5, max(layers) + 0.5], dtick=1)
+    fig.update_xaxes(title_text="first drop layer", row=2)
+    for row, _, label in SWEEP_ROWS:  # one y-range per row, so that the budgets compare by eye
+        fig.update_yaxes(range=[0, 105 if row == 2 else max(105.0, top + 5)], row=row)
+        fig.update_yaxes(title_text=label, row=row, col=1)
+    fig.update_annotations(font_size=13)
     unpruned = sweep.get("unpruned", {}).get("accuracy")
-    title = (f"Drop-layer sweep: {sweep.get('model', 'model')}, {sweep.get('n', '?')} questions"
-             + (f", unpruned {100 * unpruned:.1f} %" if unpruned is not None else ""))
-    return _layout(fig, title, 620)
+    model = str(sweep.get("model", "model")).rstrip("/").split("/")[-1]
+    title = (f"Drop-layer sweep: {model}<br><sup>{sweep.get('n', '?')} questions"
+             + (f" · unpruned {100 * unpruned:.1f} %" if unpruned is not None else "")
+             + "<br>budget: share of the vision tokens kept (layer average)</sup>")
+    _layout(fig, title, 680)
+    return fig.update_layout(margin=dict(l=60, r=15, t=125, b=110), legend=dict(orientation="h", y=-0.12, x=0,
+                             yanchor="top", font_size=12))
