@@ -29,6 +29,7 @@ from typing import Any
 import gradio as gr
 from transformers.utils import logging as transformers_logging
 
+from studio.budget import MemoryBudget
 from studio.editor import MarkEditor, mark_brush
 from studio.handlers import Studio, notice
 from studio.hosting import HostingPolicy, add_arguments
@@ -153,7 +154,9 @@ def _model_panel(studio: Studio, policy: HostingPolicy) -> ModelPanel:
     typed = policy.allow_hub_ids or policy.allow_local_folders
     with gr.Accordion("Model", open=True):
         # custom values always reach the handler, so that the policy (not Gradio) answers a refused id
-        dropdown = gr.Dropdown(choices=policy.choices(), value=EMBEDDED_ID, allow_custom_value=True,
+        # (label, id): a model too large for the memory budget is marked in its label
+        choices = [(studio.registry.model_label(m), m) for m in policy.choices()]
+        dropdown = gr.Dropdown(choices=choices, value=EMBEDDED_ID, allow_custom_value=True,
                                label="Model (pick one" + (" or type a hub id" if typed else "") + ")",
                                elem_id="model-id")
         trust = gr.Checkbox(False, label="trust remote code (runs code from the model's repository; allowed by "
@@ -416,6 +419,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         choices=["auto", "float32", "bfloat16"],
                         help="dtype of hub models on a CPU host (env V2DROP_CPU_DTYPE): auto (default) = bfloat16 "
                              "where the CPU has AMX / AVX512-BF16, else float32")
+    parser.add_argument("--memory-budget", type=float, metavar="GB",
+                        default=os.environ.get("V2DROP_MEMORY_BUDGET_GB") or None,
+                        help="memory the models may use, in GB (env V2DROP_MEMORY_BUDGET_GB; default: the host's "
+                             "limit, i.e. the cgroup's memory limit, else the available memory); a model whose "
+                             "estimate does not fit is refused before it is downloaded and marked in the list")
     parser.add_argument("--benchmark", action="store_true", help="run the latency benchmark and exit "
                         "(same as python -m studio.perf)")
     parser.add_argument("--benchmark-sessions", type=int, default=None, metavar="N",
@@ -442,9 +450,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def make_studio(args: argparse.Namespace, policy: HostingPolicy) -> Studio:
     """The shared back end from the launch options."""
+    budget = MemoryBudget.from_setting(getattr(args, "memory_budget", None))
+    log.info(budget.describe())
     registry = ModelRegistry(max_extra=int(os.environ.get("V2DROP_MAX_MODELS", "1")), policy=policy,
                              image_cap=getattr(args, "image_cap", "auto"),
-                             cpu_dtype=getattr(args, "cpu_dtype", "auto"))
+                             cpu_dtype=getattr(args, "cpu_dtype", "auto"), budget=budget)
     frames = FrameCache(max_bytes=int(args.frame_cache_mb * 1024 * 1024))
     root = Path(os.environ.get("V2DROP_SESSION_DIR") or DEFAULT_ROOT)
     sessions = SessionStore(root, idle_seconds=args.session_ttl, max_sessions=args.max_sessions,

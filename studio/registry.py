@@ -116,7 +116,7 @@ class ModelRegistry:
 
     def __init__(self, max_extra: int = 1, device: str | None = None,
                  embedded_dir: str | None = None, policy: Any = None, image_cap: str = "auto",
-                 cpu_dtype: str = "auto") -> None:
+                 cpu_dtype: str = "auto", budget: Any = None) -> None:
         from v2drop.loading import cpu_dtype as pick_cpu_dtype
         from v2drop.resolution import pick_cap
 
@@ -127,6 +127,7 @@ class ModelRegistry:
         self.dtype = pick_cpu_dtype(cpu_dtype) if torch.device(self.device).type == "cpu" else None
         self.embedded_dir = embedded_dir
         self.policy = policy
+        self.budget = budget  # a studio.budget.MemoryBudget (None: no memory check)
         self._lock = threading.RLock()
         self._load_lock = threading.Lock()
         self._extra: "OrderedDict[str, LoadedModel]" = OrderedDict()
@@ -207,12 +208,56 @@ class ModelRegistry:
         reason = self.policy.allows(model_id, trust_remote_code) if self.policy is not None else None
         if reason:
             raise ModelLoadError(reason)
+        with self._lock:
+            if model_id in self._extra:
+                self._extra.move_to_end(model_id)
+                return self._extra[model_id]
+        parameters = self._check_budget(model_id)  # before any download or cache lookup of the weights
         with self._load_lock:  # one load at a time; whoever waited finds the model in the cache
             with self._lock:
                 if model_id in self._extra:
                     self._extra.move_to_end(model_id)
                     return self._extra[model_id]
+                self._make_room(parameters)
             return self._load_new(model_id, trust_remote_code, progress)
+
+    @property
+    def load_dtype(self) -> torch.dtype:
+        """The dtype hub models are loaded in here (as :func:`v2drop.loading.load_model` picks it)."""
+        if self.dtype is not None:
+            return self.dtype
+        return torch.bfloat16 if torch.device(self.device).type == "cuda" else torch.float32
+
+    def _check_budget(self, model_id: str) -> int | None:
+        """The model's parameter count (None if unknown); :class:`ModelLoadError` if it cannot fit."""
+        if self.budget is None:
+            return None
+        from studio.budget import parameter_count
+        parameters = parameter_count(model_id)
+        reason = self.budget.refusal(model_id, self.load_dtype, parameters)
+        if reason:
+            raise ModelLoadError(reason)
+        return parameters
+
+    def _make_room(self, parameters: int | None) -> None:
+        """Evict least recently used models (early, before the load rather than after it) while they
+        and the new one would not fit in the budget together. Call with ``_lock`` held."""
+        if self.budget is None or self.budget.limit is None or parameters is None:
+            return
+        from studio.budget import WEIGHT_MARGIN, need_bytes
+
+        def held() -> float:  # the loaded models' weights, as they are, with the same margin
+            return sum(p.numel() * p.element_size() for e in self._extra.values()
+                       for p in e.model.parameters()) * (1 + WEIGHT_MARGIN)
+
+        while self._extra and need_bytes(parameters, self.load_dtype) + held() > self.budget.limit:
+            gone, _ = self._extra.popitem(last=False)
+            log.info("evicted %r before the next load: both would not fit in the %s", gone, self.budget.describe())
+            gc.collect()
+
+    def model_label(self, model_id: str) -> str:
+        """The model list's entry for ``model_id``: marked when it cannot fit in the memory budget."""
+        return self.budget.label(model_id, self.load_dtype) if self.budget is not None else model_id
 
     def _load_new(self, model_id: str, trust_remote_code: bool,
                   progress: Callable[[float, str], None] | None) -> LoadedModel:

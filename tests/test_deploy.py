@@ -82,7 +82,7 @@ def test_the_app_runs_from_a_copy_of_exactly_the_upload_set(tmp_path):
     assert "warm-up failed" not in run.stderr, run.stderr[-4000:]
     help_run = subprocess.run([sys.executable, "app.py", "--help"], cwd=tmp_path, env=env, capture_output=True,
                               text=True, timeout=120)
-    assert help_run.returncode == 0 and "--host" in help_run.stdout, help_run.stderr[-2000:]
+    assert help_run.returncode == 0 and "--memory-budget" in help_run.stdout, help_run.stderr[-2000:]
 
 
 @needs_git
