@@ -6,8 +6,8 @@
 
 It uploads exactly what the Space runs (:data:`RUNTIME`: ``app.py``, the README whose front matter
 configures the Space, ``requirements.txt``, ``.gitattributes``, the packages ``v2drop``, ``studio``,
-``visualize`` and ``shapes``, and ``assets/`` with the embedded model's weights), taken from the files
-git tracks, in one commit that also deletes whatever else the Space holds. The hub stores the weights
+``visualize`` and ``shapes``, and ``assets/`` with the embedded model's weights), the files there that
+git tracks or does not ignore (``--dry-run`` lists them), in one commit that also deletes whatever else the Space holds. The hub stores the weights
 and every other large or binary file through LFS on its side. Tests, docs, benchmarks and local
 environments stay behind.
 
@@ -55,9 +55,11 @@ class SpaceFile:
 
 
 def _tracked(root: Path) -> list[str] | None:
-    """Files git tracks under ``root`` (None outside a git checkout or without git)."""
+    """Files git tracks under ``root``, and new ones it does not ignore (None outside a git checkout
+    or without git): what the checkout runs, without caches, environments or ignored outputs."""
     try:
-        out = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True).stdout
+        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
+                             capture_output=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
     return [p for p in out.decode().split("\0") if p]
@@ -74,8 +76,8 @@ def _wanted(path: str) -> bool:
 
 
 def upload_set(root: Path = ROOT) -> list[SpaceFile]:
-    """What the Space needs: the tracked files under :data:`RUNTIME` (every file there outside a git
-    checkout), sorted, with their sizes. Files git tracks but the checkout lacks are left out."""
+    """What the Space needs: the files under :data:`RUNTIME` that git tracks or does not ignore
+    (every file there outside a git checkout), sorted, with their sizes."""
     files = _tracked(root)
     files = _walk(root) if files is None else files
     return [SpaceFile(p, (root / p).stat().st_size) for p in sorted(set(files))

@@ -4,7 +4,9 @@ documented ones. Offline: the hub API is a recording fake."""
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -47,8 +49,10 @@ def test_upload_set_ignores_untracked_and_unlisted_files(tmp_path):
     assert walked == {"app.py", "README.md", "studio/x.py", "assets/a.png"}
     if shutil.which("git"):
         subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
-        subprocess.run(["git", "add", "app.py", "studio/x.py"], cwd=tmp_path, check=True)
-        assert {f.path for f in deploy.upload_set(tmp_path)} == {"app.py", "studio/x.py"}  # tracked only
+        (tmp_path / ".gitignore").write_text("assets/\n__pycache__/\n")
+        subprocess.run(["git", "add", "app.py"], cwd=tmp_path, check=True)
+        # tracked or not ignored: ignored files stay behind even under a listed folder
+        assert {f.path for f in deploy.upload_set(tmp_path)} == {"app.py", "README.md", "studio/x.py"}
 
 
 def test_the_app_runs_from_a_copy_of_exactly_the_upload_set(tmp_path):
@@ -175,3 +179,53 @@ def test_bad_arguments_are_refused(argv):
     with pytest.raises(SystemExit) as exit_info:
         deploy.parse_args(argv)
     assert exit_info.value.code == 2
+
+
+# ------------------------------------------------------------------------------ the Docker image
+# No Docker engine runs here, so the image is not built in the tests: these read the Dockerfile and
+# .dockerignore for what decides whether the image can serve the app and load hub models.
+def _dockerfile() -> str:
+    return (ROOT / "Dockerfile").read_text()
+
+
+def _instructions(text: str) -> list[str]:
+    """The Dockerfile's instructions, continuation lines joined, comments dropped."""
+    joined = re.sub(r"\\\n", " ", "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#")))
+    return [line.strip() for line in joined.splitlines() if line.strip()]
+
+
+def test_the_image_may_reach_the_hub_unless_built_offline():
+    steps = _instructions(_dockerfile())
+    assert "ARG HF_HUB_OFFLINE=0" in steps
+    env = " ".join(s for s in steps if s.startswith("ENV "))
+    assert "HF_HUB_OFFLINE=${HF_HUB_OFFLINE}" in env and "HF_HUB_OFFLINE=1" not in env
+    args = {s.split()[1].split("=")[0] for s in steps if s.startswith("ARG ")}
+    block = _dockerfile().split("# Build arguments", 1)[1].split("# Run-time environment", 1)[0]
+    documented = set(re.findall(r"^#   ([A-Z_]+) ", block, flags=re.M))
+    assert documented and documented <= args, documented - args  # every documented build argument exists
+    assert any(s.startswith("RUN if [ -n \"${PRELOAD_MODELS}\" ]") and "snapshot_download" in s for s in steps)
+    user = steps.index("USER app")
+    assert any(i > user and "PRELOAD_MODELS" in s for i, s in enumerate(steps))  # the cache belongs to the app user
+
+
+def test_the_image_runs_the_app_as_a_space_would():
+    steps = _instructions(_dockerfile())
+    assert steps[-1] == 'CMD ["python", "app.py", "--host", "0.0.0.0", "--port", "7860"]'
+    assert "USER app" in steps and any("--uid 1000" in s for s in steps) and "EXPOSE 7860" in steps
+    assert any(s.startswith("COPY --chown=app:app . .") for s in steps)
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    parts = path.split("/")
+    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    return any(fnmatch.fnmatchcase(prefix, pattern) for pattern in patterns for prefix in prefixes)
+
+
+def test_the_image_holds_the_space_files_and_not_the_tests():
+    lines = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()]
+    patterns = [line for line in lines if line and not line.startswith("#")]
+    assert not any(p.startswith("!") for p in patterns)  # the matcher below has no exceptions
+    missing = [f.path for f in deploy.upload_set() if _ignored(f.path, patterns)]
+    assert missing == []
+    for left_out in ("tests/test_deploy.py", "docs/app.md", ".venv/bin/python", "studio/__pycache__/app.cpython-311.pyc"):
+        assert _ignored(left_out, patterns), left_out
