@@ -31,19 +31,28 @@ from v2drop.video import DecodedVideo
 __all__ = ["RunStats", "PairEvent", "stream_pair", "prefill_trace", "DEFAULT_MAX_NEW_TOKENS"]
 
 DEFAULT_MAX_NEW_TOKENS = 48  # answer length when the caller does not say
+MIN_DECODE_STEPS = 8         # fewer decode steps than this give no decode speed (one step is mostly noise)
 
 
 @dataclass
 class RunStats:
-    """Timings and memory of one of the two runs."""
+    """Timings and memory of one of the two runs.
+
+    Both runs share one request and take turns, so a wall clock since the request would charge the
+    V²Drop run for the unpruned prefill that ran before it. Each run's ``first_token_seconds`` is
+    therefore its own: the time to build its inputs plus its prefill (``inputs_seconds +
+    prefill_seconds``), whatever the other run did meanwhile; ``first_shown_seconds`` is the wall
+    clock at which its first token appeared on the page."""
 
     name: str
     prompt_tokens: int = 0
     vision_tokens: int = 0
     tokens: int = 0                       # generated tokens (the end-of-turn token included)
+    inputs_seconds: float = 0.0           # building this run's model inputs (processor)
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
-    first_token_seconds: float | None = None   # since the request started (wall clock, both runs interleaved)
+    first_token_seconds: float | None = None   # this run's own time to its first token (inputs + prefill)
+    first_shown_seconds: float | None = None   # since the request started (wall clock, both runs interleaved)
     done_seconds: float | None = None
     peak_memory_bytes: int | None = None
     memory_kind: str = ""
@@ -54,14 +63,23 @@ class RunStats:
         return self.prefill_seconds + self.decode_seconds
 
     @property
+    def decode_steps(self) -> int:
+        """Decode steps taken (the first token comes from the prefill)."""
+        return max(0, self.tokens - 1)
+
+    @property
     def decode_tokens_per_second(self) -> float | None:
-        steps = self.tokens - 1
-        return steps / self.decode_seconds if steps > 0 and self.decode_seconds > 0 else None
+        """Decode speed, or None when fewer than :data:`MIN_DECODE_STEPS` steps ran (too short to
+        measure: a one-word answer is one step, dominated by timer and scheduling noise)."""
+        steps = self.decode_steps
+        return steps / self.decode_seconds if steps >= MIN_DECODE_STEPS and self.decode_seconds > 0 else None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["total_seconds"] = self.total_seconds
+        data["decode_steps"] = self.decode_steps
         data["decode_tokens_per_second"] = self.decode_tokens_per_second
+        data["min_decode_steps"] = MIN_DECODE_STEPS
         return data
 
 
@@ -143,9 +161,16 @@ class _PairRunner:
         self.eos = _eos_ids(model, processor)
         self.encoders: dict[str, Any] = {}   # shared vision-tower memos (v2drop.encoder_cache), set by stream_pair
         self.start = time.perf_counter()
-        self.full = _Run(RunStats("unpruned"), _to_device(_media_inputs(processor, history_full, question, media), model))
-        self.drop = _Run(RunStats("V²Drop"), _to_device(_media_inputs(processor, history_drop, question, media), model))
+        self.full = self._new_run("unpruned", processor, history_full, question, media)
+        self.drop = self._new_run("V²Drop", processor, history_drop, question, media)
         self.vision_ids: torch.Tensor | None = None  # the engine's, set once the session is open
+
+    def _new_run(self, name: str, processor: Any, history: Sequence[tuple[str, str]], question: str,
+                 media: "Image.Image | DecodedVideo") -> _Run:
+        """One run with its inputs built (and the time that took charged to it alone)."""
+        t0 = time.perf_counter()
+        inputs = _to_device(_media_inputs(processor, history, question, media), self.model)
+        return _Run(RunStats(name, inputs_seconds=time.perf_counter() - t0), inputs)
 
     def text_of(self, run: _Run) -> str:
         return self.tokenizer.decode([t for t in run.ids if t not in self.eos], skip_special_tokens=True).strip()
@@ -196,8 +221,9 @@ class _PairRunner:
         run.ids.append(token)
         run.next_token = torch.tensor([token], device=self.device)
         stats.tokens = len(run.ids)
-        if stats.first_token_seconds is None:
-            stats.first_token_seconds = time.perf_counter() - self.start
+        if stats.first_token_seconds is None:  # the prefill's token: this run's own time to it
+            stats.first_token_seconds = stats.inputs_seconds + stats.prefill_seconds
+            stats.first_shown_seconds = time.perf_counter() - self.start
         peak, kind = memory_now(self.device)
         if peak is not None:
             stats.peak_memory_bytes = max(stats.peak_memory_bytes or 0, peak)

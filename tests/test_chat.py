@@ -134,7 +134,12 @@ def test_stream_pair_matches_generate_and_interleaves(tiny, family):
     assert s.alive_per_layer[2] < s.alive_per_layer[1] and sorted(s.kept) == [2, 4]
     assert len(s.scores) >= 4  # trace_all_layers: variation at every layer but 0
     f, d = final.full, final.drop
-    assert f.prefill_seconds > 0 and d.prefill_seconds > 0 and f.first_token_seconds <= d.first_token_seconds
+    assert f.prefill_seconds > 0 and d.prefill_seconds > 0 and f.first_shown_seconds <= d.first_shown_seconds
+    # each run's time to first token is its own (inputs + prefill): V²Drop is not charged for the
+    # unpruned prefill that ran before it, which the wall clock since the request does include
+    for run in (f, d):
+        assert run.first_token_seconds == pytest.approx(run.inputs_seconds + run.prefill_seconds)
+    assert d.first_token_seconds < d.first_shown_seconds
     assert d.kv_cache_bytes < f.kv_cache_bytes
     assert f.vision_tokens == s.num_vision_tokens > 0
 
@@ -309,3 +314,19 @@ def test_video_stream_pair_matches_generate_and_continues(tiny, family):
                   [(question, final.drop_text)], n=2)[-1]
     assert second.full.prompt_tokens > final.full.prompt_tokens
     assert second.trace.samples[0].num_vision_tokens == s.num_vision_tokens
+
+
+def test_decode_speed_needs_enough_steps():
+    """A one-word answer is one decode step: its speed is noise, so none is given (the page says
+    "too short"); from MIN_DECODE_STEPS steps on it is steps / decode time."""
+    from studio.pair import MIN_DECODE_STEPS, RunStats
+    from visualize.charts import metrics_rows, too_short
+
+    short = RunStats("V²Drop", tokens=2, decode_seconds=0.01, prefill_seconds=0.1)
+    assert short.decode_steps == 1 and short.decode_tokens_per_second is None
+    enough = RunStats("V²Drop", tokens=MIN_DECODE_STEPS + 1, decode_seconds=0.4, prefill_seconds=0.1)
+    assert enough.decode_tokens_per_second == pytest.approx(MIN_DECODE_STEPS / 0.4)
+    assert RunStats("x", tokens=MIN_DECODE_STEPS, decode_seconds=0.4).decode_tokens_per_second is None
+    assert too_short(short.to_dict()) == "too short (1 step)" and too_short(enough.to_dict()) is None
+    row = next(r for r in metrics_rows(short.to_dict(), enough.to_dict()) if r[0].startswith("Decode"))
+    assert row[1] == "too short (1 step)" and row[2] == f"{MIN_DECODE_STEPS / 0.4:.4g}" and row[3] == "–"

@@ -15,7 +15,7 @@ from plotly.subplots import make_subplots
 
 from v2drop.trace import SampleTrace, Trace
 
-__all__ = ["alive_chart", "performance_chart", "metrics_rows", "METRIC_HEADERS", "retention_chart",
+__all__ = ["alive_chart", "performance_chart", "metrics_rows", "too_short", "METRIC_HEADERS", "retention_chart",
            "COLOURS", "METRICS", "alive_per_frame", "frame_timeline", "sweep_chart", "MattersSeries", "matters_alive",
            "matters_series", "matters_chart"]
 
@@ -23,6 +23,7 @@ COLOURS = {"unpruned": "#7f8c8d", "V²Drop": "#e4572e"}
 # (key in the stats dict, title, unit, scale)
 METRICS = [
     ("prefill_seconds", "Prefill time", "ms", 1e3),
+    ("first_token_seconds", "First token (own)", "ms", 1e3),   # each run's own inputs + prefill
     ("decode_tokens_per_second", "Decode speed", "tokens/s", 1.0),
     ("total_seconds", "Total time", "ms", 1e3),
     ("peak_memory_bytes", "Peak memory", "MiB", 1 / 2**20),
@@ -32,7 +33,7 @@ METRIC_HEADERS = ["metric", "unpruned", "V²Drop", "change"]
 
 
 def _layout(fig: go.Figure, title: str, height: int) -> go.Figure:
-    fig.update_layout(title=dict(text=title, x=0.01), height=height, margin=dict(l=50, r=20, t=60, b=40),
+    fig.update_layout(title=dict(text=title, x=0.01), height=height, margin=dict(l=50, r=20, t=70, b=40),
                       template="plotly_white", legend=dict(orientation="h", y=-0.2))
     return fig
 
@@ -54,7 +55,8 @@ def alive_chart(trace: Trace, sample: int = 0) -> go.Figure:
     avg = sum(alive) / len(alive) if alive else 0
     fig.update_xaxes(title_text="decoder layer", dtick=1 if len(layers) <= 32 else None)
     fig.update_yaxes(title_text="vision tokens alive", rangemode="tozero")
-    return _layout(fig, f"Vision tokens alive per layer (layer average {avg:.1f} of {s.num_vision_tokens})", 320)
+    return _layout(fig, f"Vision tokens alive per layer<br><sup>layer average {avg:.1f} of {s.num_vision_tokens}"
+                        "</sup>", 330)
 
 
 def _value(stats: Mapping[str, Any], key: str) -> float | None:
@@ -64,33 +66,51 @@ def _value(stats: Mapping[str, Any], key: str) -> float | None:
     return None if value is None else float(value)
 
 
+def too_short(stats: Mapping[str, Any]) -> str | None:
+    """"too short (1 step)" when a run decoded too few tokens for its decode speed to mean anything
+    (``RunStats`` leaves the speed out below ``min_decode_steps``), else None."""
+    steps, needed = stats.get("decode_steps"), stats.get("min_decode_steps")
+    if stats.get("decode_tokens_per_second") is None and steps is not None and needed and steps < needed:
+        return f"too short ({steps} step{'' if steps == 1 else 's'})"
+    return None
+
+
 def performance_chart(full: Mapping[str, Any], drop: Mapping[str, Any]) -> go.Figure:
     """One small bar chart per metric (prefill time, decode speed, total time, peak memory, KV cache),
-    unpruned vs V²Drop."""
-    fig = make_subplots(rows=1, cols=len(METRICS), subplot_titles=[f"{t} ({u})" for _, t, u, _ in METRICS],
-                        horizontal_spacing=0.07)
-    for col, (key, title, unit, scale) in enumerate(METRICS, start=1):
+    unpruned vs V²Drop. A decode speed over too few tokens is not drawn: the panel says so."""
+    cols = 3  # two rows of three small panels: readable on a phone too
+    fig = make_subplots(rows=-(-len(METRICS) // cols), cols=cols, horizontal_spacing=0.12, vertical_spacing=0.22,
+                        subplot_titles=[f"{t}<br>({u})" for _, t, u, _ in METRICS])
+    for i, (key, title, unit, scale) in enumerate(METRICS):
         for name, stats in (("unpruned", full), ("V²Drop", drop)):
             value = _value(stats, key)
             fig.add_trace(go.Bar(x=[name], y=[None if value is None else value * scale], name=name,
-                                 marker_color=COLOURS[name], showlegend=col == 1,
+                                 marker_color=COLOURS[name], showlegend=i == 0,
                                  hovertemplate=f"{name}: %{{y:.4g}} {unit}<extra>{title}</extra>"),
-                          row=1, col=col)
+                          row=i // cols + 1, col=i % cols + 1)
+    short = too_short(full) or too_short(drop)
+    if short:
+        n = [k for k, *_ in METRICS].index("decode_tokens_per_second") + 1
+        fig.add_annotation(text=short.replace(" (", "<br>("), showarrow=False, font=dict(size=11, color="#555"),
+                           xref=f"x{n} domain", yref=f"y{n} domain", x=0.5, y=0.5)
+        fig.update_yaxes(showticklabels=False, showgrid=False, row=(n - 1) // cols + 1, col=(n - 1) % cols + 1)
     fig.update_xaxes(showticklabels=False)
+    fig.update_annotations(font_size=11)
     memory = full.get("memory_kind") or drop.get("memory_kind") or ""
-    note = " — peak memory is the process RSS (CPU, shared by both runs)" if memory == "process_rss" else ""
-    return _layout(fig, "Unpruned vs V²Drop" + note, 300)
+    note = "<br><sup>peak memory: the process RSS (CPU, shared by both runs)</sup>" if memory == "process_rss" else ""
+    fig = _layout(fig, "Unpruned vs V²Drop" + note, 440)
+    return fig.update_layout(margin=dict(t=100, b=50), legend=dict(orientation="h", y=-0.06, yanchor="top"))
 
 
 def metrics_rows(full: Mapping[str, Any], drop: Mapping[str, Any]) -> list[list[str]]:
     """The chart's numbers as table rows ``[metric, unpruned, V²Drop, change]``."""
     rows = []
-    extra = [("first_token_seconds", "First token (since request)", "ms", 1e3),
-             ("tokens", "Generated tokens", "", 1.0), ("prompt_tokens", "Prompt tokens", "", 1.0)]
+    extra = [("tokens", "Generated tokens", "", 1.0), ("prompt_tokens", "Prompt tokens", "", 1.0)]
     for key, title, unit, scale in METRICS + extra:
         a, b = _value(full, key), _value(drop, key)
-        fa = "–" if a is None else f"{a * scale:.4g}"
-        fb = "–" if b is None else f"{b * scale:.4g}"
+        short = key == "decode_tokens_per_second"
+        fa = (short and too_short(full)) or ("–" if a is None else f"{a * scale:.4g}")
+        fb = (short and too_short(drop)) or ("–" if b is None else f"{b * scale:.4g}")
         change = "–" if a in (None, 0) or b is None else f"{(b - a) / a * 100:+.1f} %"
         rows.append([f"{title}" + (f" ({unit})" if unit else ""), fa, fb, change])
     return rows
@@ -119,7 +139,7 @@ def retention_chart(samples: Sequence[SampleTrace], layer: int | None = None, bi
     fig.add_trace(go.Bar(x=labels, y=share, marker_color=COLOURS["V²Drop"], name="kept"))
     fig.update_xaxes(title_text="position in the vision-token sequence")
     fig.update_yaxes(title_text="kept (%)", range=[0, 100])
-    return _layout(fig, "Retention by position (no positional bias = flat bars)", 280)
+    return _layout(fig, "Retention by position<br><sup>no positional bias = flat bars</sup>", 290)
 
 
 # ------------------------------------------------------------------------------------ what matters
@@ -183,7 +203,7 @@ def matters_chart(series: Sequence[MattersSeries], source: str = "truth",
     layers = len(series[0].alive) if series else 0
     fig.update_xaxes(title_text="decoder layer", dtick=1 if layers <= 32 else None)
     fig.update_yaxes(title_text="alive (%)", range=[-3, 105])
-    _layout(fig, f"{MATTERS_SOURCES[source]}, {total} vision tokens", 360)
+    _layout(fig, f"{MATTERS_SOURCES[source]}<br><sup>{total} vision tokens</sup>", 370)
     return fig.update_layout(legend=dict(orientation="h", y=-0.32), margin=dict(b=80))
 
 
@@ -224,7 +244,7 @@ def frame_timeline(trace: Trace, sample: int = 0, step: int = 1, timestamps: Seq
     fig.update_xaxes(title_text="decoder layer", dtick=1 if trace.num_layers <= 32 else None)
     fig.update_yaxes(title_text="frame", autorange="reversed", type="category", tickmode="array",
                      tickvals=labels, ticktext=labels)
-    return _layout(fig, "Kept vision tokens per frame and layer (dotted: drop layers)",
+    return _layout(fig, "Kept vision tokens per frame and layer<br><sup>dotted: drop layers</sup>",
                    max(300, 130 + 28 * len(labels)))
 
 
