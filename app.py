@@ -42,7 +42,7 @@ from studio.state import PageState
 from studio.videos import MAX_VIDEO_FRAMES, VIDEO_MODELS
 from studio.views import VISUAL_FIELDS
 from v2drop.resolution import CAPS
-from v2drop.schedule import DropSchedule
+from v2drop.schedule import DEFAULT_RULE, DropSchedule
 from v2drop.video import SUPPORTED_EXTENSIONS
 from visualize import charts, story
 
@@ -116,6 +116,10 @@ class ChatPanel:
     send: Any
     clear: Any
     gallery: Any
+    summary: Any = None          # the run's summary: expected answer, right/wrong, the reason
+    sweep: Any = None            # the one-click drop-layer sweep: button, table, chart
+    sweep_table: Any = None
+    sweep_chart: Any = None
 
 
 @dataclass
@@ -142,6 +146,7 @@ class RunPanel:
     baseline: Any = None         # the baseline picker
     editor: Any = None           # "Mark what matters"
     clear_marks: Any = None
+    sweep_tie: Any = None        # How it works: the benchmark sweep tied to the visitor's question
 
     def visual_outputs(self) -> list:
         return [getattr(self, name) for name in VISUAL_FIELDS]
@@ -171,6 +176,9 @@ def _model_panel(studio: Studio, policy: HostingPolicy) -> ModelPanel:
                                    "(0-based decoder layer; ratios compound)", elem_id="schedule")
         state = studio.initial_state()
         schedule_info = gr.Markdown(studio.check_schedule(text, card, state)[1], elem_id="schedule-info")
+        gr.Markdown(f"**Default rule** (every model, whichever method wins): {DEFAULT_RULE}. Presets marked ⚠️ "
+                    "start where this model's measured drop-layer sweep shows V²Drop doing worse than random "
+                    "dropping (see *How it works*).", elem_id="default-rule")
     return ModelPanel(dropdown, trust, load, info, preset, schedule, schedule_info)
 
 
@@ -206,11 +214,17 @@ def _chat_panel() -> ChatPanel:
                               scale=5, max_lines=4, elem_id="question")
         send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
         clear = gr.Button("Clear chat", scale=1)
+    summary = gr.Markdown(elem_id="run-summary")
+    with gr.Accordion("The drop layer, one click away", open=True):
+        sweep = gr.Button("Sweep the first drop layer for this question (V²Drop, random, uniform; same budget)",
+                          size="sm", elem_id="layer-sweep")
+        sweep_table = gr.Markdown(elem_id="layer-sweep-table")
+        sweep_chart = gr.Plot(label="Your question, first drop layer moved", elem_id="layer-sweep-chart")
     examples = [(str(EXAMPLES_DIR / f), q) for f, q in EXAMPLES if (EXAMPLES_DIR / f).exists()]
     gallery = gr.Gallery(examples, label="Example gallery: click one (shapes scenes, with their ground truth, suit "
                          "the embedded model; photos suit hub models)", columns=8, height=170, allow_preview=False,
                          elem_id="gallery")
-    return ChatPanel(full, drop, question, send, clear, gallery)
+    return ChatPanel(full, drop, question, send, clear, gallery, summary, sweep, sweep_table, sweep_chart)
 
 
 def _run_panel(num_layers: int) -> RunPanel:
@@ -241,8 +255,10 @@ def _run_panel(num_layers: int) -> RunPanel:
         with gr.Tab("How it works"):
             story_md = gr.Markdown(story.how_it_works(), elem_id="story")
             _sweep_panel()
+            tie = gr.Markdown("**Your question, swept:** press *Sweep the first drop layer* under the answers to see "
+                              "what happens to your own question at each first drop layer.", elem_id="sweep-tie")
     return RunPanel(layer, play, caption, kept, heat, drop_layer, dropped, timeline, perf, alive, table, retention,
-                    trace_file, story_md, gr.Timer(0.9, active=False), *matters)
+                    trace_file, story_md, gr.Timer(0.9, active=False), *matters, sweep_tie=tie)
 
 
 def _sweep_panel() -> None:
@@ -298,7 +314,10 @@ def _wire_media(studio: Studio, media: MediaPanel, chat: ChatPanel, state: gr.St
     panes = [chat.full, chat.drop, note, state]
     media.image_file.change(studio.on_image, [media.image_file, state], [media.preview] + panes, api_name="set_image"
                             ).then(studio.image_info, [state], [media.image_info], api_name="image_info"
-                                   ).then(studio.editor_for, [state], [editor], api_visibility="private")
+                                   ).then(studio.editor_for, [state], [editor], api_visibility="private"
+                                          ).then(studio.run_summary, [state],
+                                                 [chat.summary, chat.sweep_table, chat.sweep_chart],
+                                                 api_name="summary_after_image", api_visibility="private")
     media.video_file.change(studio.on_video, [media.video_file, media.frames, state], [media.video_preview] + panes,
                             api_name="set_video")
     # also fires when loading a model sets its default frame count: the video is sampled again
@@ -326,10 +345,16 @@ def _wire_media(studio: Studio, media: MediaPanel, chat: ChatPanel, state: gr.St
 def _wire_chat(studio: Studio, media: MediaPanel, chat: ChatPanel, run: RunPanel, state: gr.State,
                note: gr.Markdown) -> None:
     outputs = [chat.full, chat.drop, note, state, chat.question] + run.visual_outputs()
+    lesson = [chat.summary, chat.sweep_table, chat.sweep_chart]   # cleared with the run they are about
     # one event for both triggers, so a second click/Enter while this session's turn runs is ignored
     gr.on([chat.send.click, chat.question.submit], gpu(studio.chat), [chat.question, media.image_file, state],
-          outputs, api_name="chat", trigger_mode="once", concurrency_limit=1, concurrency_id="model")
-    chat.clear.click(studio.on_clear, [state], [chat.full, chat.drop, note, state], api_name="clear")
+          outputs, api_name="chat", trigger_mode="once", concurrency_limit=1, concurrency_id="model"
+          ).then(studio.run_summary, [state], lesson, api_name="run_summary")
+    chat.clear.click(studio.on_clear, [state], [chat.full, chat.drop, note, state], api_name="clear"
+                     ).then(studio.run_summary, [state], lesson, api_name="summary_after_clear",
+                            api_visibility="private")
+    chat.sweep.click(gpu(studio.on_layer_sweep), [state], [chat.sweep_table, chat.sweep_chart, run.sweep_tie, state],
+                     api_name="layer_sweep", concurrency_limit=1, concurrency_id="model")
     run.layer.change(studio.on_layer, [run.layer, state], [run.kept, run.heat, run.layer_caption],
                      api_visibility="private", trigger_mode="always_last")
     run.drop_layer.input(studio.on_drop_layer, [run.drop_layer, state], [run.dropped], api_visibility="private")

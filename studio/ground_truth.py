@@ -71,6 +71,7 @@ class GroundTruth:
 
     def __init__(self, directory: Path = EXAMPLES_DIR) -> None:
         self._scenes: dict[str, Scene] = {}
+        self._records: dict[str, dict] = {}   # name -> the example's own question and answer
         try:
             records = json.loads((Path(directory) / QUESTIONS_FILE).read_text())
         except (OSError, ValueError):
@@ -84,6 +85,7 @@ class GroundTruth:
                 log.warning("ground truth: example %s skipped", name)
                 continue
             self._scenes[pixel_key(image)] = Scene(name, objects)
+            self._records[name] = {"question": record.get("question", ""), "answer": record.get("answer", "")}
 
     def __len__(self) -> int:
         return len(self._scenes)
@@ -94,6 +96,10 @@ class GroundTruth:
 
     def by_name(self, name: str | None) -> Scene | None:
         return next((s for s in self._scenes.values() if s.name == name), None) if name else None
+
+    def record(self, name: str | None) -> dict | None:
+        """The gallery example's own question and stored answer (``shapes_questions.json``)."""
+        return dict(self._records[name]) if name in self._records else None
 
 
 def is_shapes_grid(layout: PatchLayout, region: Sequence[float], image_size: tuple[int, int]) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
 import threading
 import time
@@ -28,6 +29,11 @@ from PIL import Image
 
 from studio.ground_truth import GroundTruth
 from studio.image_cap import image_caption
+from studio.layer_sweep import run_layer_sweep, sweep_markdown, tie_sentence
+from studio.lesson import expected_answer, model_note
+from studio.reason import owner_of
+from studio.summary import summarise_turn
+from studio.traps import load_sweep, preset_warning
 from studio.inputs import ChatInputError, check_prompt, check_special_tokens, image_region, load_image
 from studio.editor import MarkEditor, mark_brush
 from studio.marks import editor_value, load_mask, mask_from_box, mask_from_editor, painted_share, save_mask
@@ -57,11 +63,14 @@ def notice(text: str, kind: str = "info") -> str:
     return f"{icon} {text}" if text else ""
 
 
-def messages(turns: list, pending: tuple[str, str] | None = None) -> list[dict[str, str]]:
-    """Chatbot messages; an empty finished answer is shown as such, a pending one as '…'."""
+def messages(turns: list, pending: tuple[str, str] | None = None, tags: list[str] | None = None) -> list[dict[str, str]]:
+    """Chatbot messages; an empty finished answer is shown as such, a pending one as '…'. ``tags``
+    (one per turn): the line under each answer (right/wrong, the schedule and method that produced it)."""
     out = []
-    for q, a in turns:
-        out += [{"role": "user", "content": q}, {"role": "assistant", "content": a or "(empty answer)"}]
+    for i, (q, a) in enumerate(turns):
+        tag = tags[i] if tags and i < len(tags) and tags[i] else ""
+        answer = (a or "(empty answer)") + (f"\n\n*{tag}*" if tag else "")
+        out += [{"role": "user", "content": q}, {"role": "assistant", "content": answer}]
     if pending:
         out += [{"role": "user", "content": pending[0]}, {"role": "assistant", "content": pending[1] or "…"}]
     return out
@@ -115,9 +124,23 @@ class Studio:
         self.frames.drop_under(session.folder)
 
     # ------------------------------------------------------------------------ schedule
-    @staticmethod
-    def preset_choices(card: ModelCard) -> list[tuple[str, str]]:
-        return [(f"{name} — {text} — {desc}", name) for name, text, desc in presets_for(card, card.is_embedded)]
+    def measured_sweep(self, card: ModelCard) -> dict | None:
+        """The embedded model's drop-layer sweep (``benchmarks.sweep``), when measured on its weights."""
+        if not card.is_embedded or not card.trained:
+            return None
+        if not hasattr(self, "_measured"):
+            from shapes.model import DEFAULT_MODEL_DIR
+            self._measured = load_sweep(self.registry.embedded_dir or DEFAULT_MODEL_DIR)
+        return self._measured
+
+    def preset_choices(self, card: ModelCard) -> list[tuple[str, str]]:
+        """(label, name) of each preset; a preset whose first drop falls into a measured trap says so."""
+        sweep = self.measured_sweep(card)
+        out = []
+        for name, text, desc in presets_for(card, card.is_embedded):
+            warning = preset_warning(sweep, text, card.num_layers)
+            out.append((f"{name} — {text} — " + (f"{warning} — " if warning else "") + desc, name))
+        return out
 
     @staticmethod
     def first_schedule(card: ModelCard) -> tuple[str, str]:
@@ -348,23 +371,28 @@ class Studio:
                    gr.skip()) + skip
             return
         turns_full, turns_drop = list(state.turns_full), list(state.turns_drop)
-        yield (messages(turns_full, (turn.question, "")), messages(turns_drop, (turn.question, "")),
-               notice("Generating (unpruned and V²Drop, interleaved)…"), state, "") + skip
+        state.seed = secrets.randbelow(2 ** 31)  # the random baseline's draw for this run (shown, reproducible)
+        tags = ([t[0] for t in state.turn_notes], [t[1] for t in state.turn_notes])
+        caveat = self._model_note(turn, state)  # shown before the answers, not after
+        yield (messages(turns_full, (turn.question, ""), tags[0]), messages(turns_drop, (turn.question, ""), tags[1]),
+               notice(caveat, "warn") if caveat else notice("Generating (unpruned and V²Drop, interleaved)…"),
+               state, "") + skip
         event = None
         try:
-            for event, update in self._stream(turn, turns_full, turns_drop):
+            for event, update in self._stream(turn, turns_full, turns_drop, tags):
                 if update is None:  # the final event
                     break
                 yield update + (state, gr.skip()) + skip
         except Exception:  # noqa: BLE001 - the page gets a message, the log the traceback
             log.exception("generation failed")
-            yield (messages(turns_full), messages(turns_drop),
+            yield (messages(turns_full, tags=tags[0]), messages(turns_drop, tags=tags[1]),
                    notice("Generation failed. The app is still running; try another image or video, question or "
                           "schedule.", "error"), state, turn.question) + skip
             return
         yield self._finish(turn, event, state, session)
 
-    def _stream(self, turn: Turn, turns_full: list, turns_drop: list) -> Iterator[tuple[PairEvent, tuple | None]]:
+    def _stream(self, turn: Turn, turns_full: list, turns_drop: list,
+                tags: tuple[list, list] = ([], [])) -> Iterator[tuple[PairEvent, tuple | None]]:
         """(event, (full pane, drop pane, notice)) while both answers stream; the last event is final."""
         last_yield = 0.0
         with self._model_lock:
@@ -378,8 +406,8 @@ class Studio:
                 if not first and now - last_yield < STREAM_INTERVAL:
                     continue  # coalesce updates: each one costs a round trip to every browser
                 last_yield = now
-                yield event, (messages(turns_full, (turn.question, event.full_text)),
-                              messages(turns_drop, (turn.question, event.drop_text)), gr.skip())
+                yield event, (messages(turns_full, (turn.question, event.full_text), tags[0]),
+                              messages(turns_drop, (turn.question, event.drop_text), tags[1]), gr.skip())
 
     def _finish(self, turn: Turn, event: PairEvent, state: PageState, session: Session) -> tuple:
         """Store the finished turn and its trace (in the session's folder) and draw the run."""
@@ -403,9 +431,72 @@ class Studio:
             done = " ".join(turn.notes) + " " + done
         if not entry.trained:
             done += " (The embedded model is untrained: its answers are meaningless.)"
+        lesson = self._lesson(turn, event, state)
+        if lesson.reason:
+            done += f" Why V²Drop's answer differs: {lesson.reason}"
         visuals = run_visuals(event.trace, state.stats, turn.media, state.trace_file, state.matters, matters_note)
-        return (messages(state.turns_full), messages(state.turns_drop), notice(done, "ok"), state,
-                gr.skip()) + visuals.values()
+        tags = ([t[0] for t in state.turn_notes], [t[1] for t in state.turn_notes])
+        return (messages(state.turns_full, tags=tags[0]), messages(state.turns_drop, tags=tags[1]),
+                notice(done, "ok"), state, gr.skip()) + visuals.values()
+
+    # ------------------------------------------------------------------------ the lesson
+    def _model_note(self, turn: Turn, state: PageState) -> str:
+        """What the embedded model cannot answer here (a photo, a free-form question), or ""."""
+        if not turn.entry.is_embedded or not turn.entry.trained or state.media != "image":
+            return ""
+        return model_note(turn.question, has_truth=bool(state.truth))
+
+    def _expected(self, question: str, state: PageState) -> str | None:
+        """The right answer to ``question`` when the picture is a known scene (None otherwise)."""
+        scene = self.truth.by_name(state.truth) if state.media == "image" else None
+        if scene is None:
+            return None
+        return expected_answer(question, list(scene.objects), self.truth.record(scene.name))
+
+    def _lesson(self, turn: Turn, event: PairEvent, state: PageState):
+        """The finished turn's truth, tags and reason, kept in the state for the panes and the summary."""
+        sample = event.trace.samples[0] if event.trace and event.trace.samples else None
+        summary = summarise_turn(event.full_text, event.drop_text, self._expected(turn.question, state),
+                                 str(turn.schedule), sample, state.matters, self._model_note(turn, state), state.seed)
+        state.turn_notes = state.turn_notes + [(summary.full_tag, summary.drop_tag)]
+        state.summary = summary.markdown
+        state.layer_sweep = None
+        return summary
+
+    def run_summary(self, state: PageState) -> tuple:
+        """(summary, sweep table, sweep chart) under the answers: after a turn, a new picture or a
+        cleared chat the sweep of an earlier question is cleared (a new run forgets it)."""
+        if state.layer_sweep is None:
+            return state.summary, "", None
+        return state.summary, gr.skip(), gr.skip()
+
+    def on_layer_sweep(self, state: PageState, request: gr.Request):
+        """The one-click sweep: the last question at the same budget, first drop at every layer, for
+        V²Drop, random and uniform. Returns (table, chart, the How-it-works line, state)."""
+        self.session(state, request)
+        run = self._last_run(state) if state.turns_full and state.stats else None
+        if run is None or run[1].image is None:
+            why = "Ask a question about a picture first: the sweep runs your last question." if state.media == "image" \
+                else "The drop-layer sweep runs on pictures: switch to the Image tab."
+            return notice(why, "info"), None, gr.skip(), state
+        trace, media = run
+        try:
+            entry = self.registry.ensure(state.stats["model_id"])
+            question, history = state.turns_full[-1][0], state.turns_full[:-1]
+            matters = state.matters or {}
+            with self._model_lock:
+                sweep = run_layer_sweep(entry.model, entry.processor, media.image, question, history,
+                                        DropSchedule.parse(state.stats["schedule"]),
+                                        trace.samples[0].num_vision_tokens, tokens=matters.get("tokens") or (),
+                                        expected=self._expected(question, state), seed=state.seed or 0)
+        except (ModelLoadError, ChatInputError, ValueError) as err:
+            return notice(str(err), "error"), None, gr.skip(), state
+        state.layer_sweep = sweep.to_dict()
+        whose = owner_of(matters.get("objects", []), matters.get("source", ""))
+        thing = whose[:-2] if whose.endswith("'s") else whose.rstrip("'")
+        from visualize.layer_sweep import layer_sweep_chart
+        return (sweep_markdown(sweep, whose), layer_sweep_chart(sweep.to_dict()),
+                "**This question, swept:** " + tie_sentence(sweep, thing), state)
 
     # ------------------------------------------------------------------------ what matters
     def _run_baseline(self, entry: LoadedModel, state: PageState, session: Session, model_input: Any,
@@ -423,7 +514,7 @@ class Studio:
         try:
             with self._model_lock:
                 base = prefill_trace(entry.model, entry.processor, model_input, question, history, schedule,
-                                     state.baseline)
+                                     state.baseline, seed=state.seed or 0)
         except Exception:  # noqa: BLE001 - the page gets a message, the log the traceback
             log.exception("baseline prefill failed")
             return f"{baseline_label(state.baseline)} could not run on this model; the chart leaves it out."
@@ -483,8 +574,9 @@ class Studio:
             note += (f" The {info['label']} baseline: one prefill at V²Drop's layer-averaged budget, "
                      f"`{info['schedule']}`.")
             if info["method"] == "random":
-                note += (" That is one draw (seed 0): on average, random dropping keeps each layer's budget "
-                         "share of any set of tokens, and a single draw can keep more or less.")
+                note += (f" That is one draw (seed {state.seed or 0}, fresh for every run): on average, random "
+                         "dropping keeps each layer's budget share of any set of tokens, and a single draw can "
+                         "keep more or less.")
             if info.get("note"):
                 note += f" ({info['note']}.)"
         return note

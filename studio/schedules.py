@@ -9,9 +9,11 @@ from typing import Any
 import torch
 
 from v2drop.adapters import adapter_class, decoder_depth
-from v2drop.schedule import PAPER_LAYERS, PRESETS, DropSchedule, scale_layers
+from v2drop.schedule import PAPER_LAYERS, PRESETS, DropSchedule, default_schedule, scale_layers
 
-__all__ = ["nominal_vision_tokens", "num_decoder_layers", "presets_for", "schedule_summary"]
+__all__ = ["nominal_vision_tokens", "num_decoder_layers", "presets_for", "schedule_summary", "DEFAULT_PRESET"]
+
+DEFAULT_PRESET = "default"  # the preset that follows v2drop.schedule.default_schedule
 
 
 def nominal_vision_tokens(model: torch.nn.Module, last_count: int | None = None) -> int:
@@ -36,15 +38,21 @@ def num_decoder_layers(model: torch.nn.Module) -> int:
 
 
 def presets_for(model: torch.nn.Module, is_embedded: bool = False) -> list[tuple[str, str, str]]:
-    """``[(name, schedule text, description)]``: the model's own presets first, then the paper's
-    (those that do not fit the model's depth are kept but marked), then depth-scaled ones."""
+    """``[(name, schedule text, description)]``: the default (one rule for every model,
+    :func:`v2drop.schedule.default_schedule`) first, then the model's own presets, then the
+    paper's (those that do not fit the model's depth are kept but marked), then depth-scaled ones."""
     layers = num_decoder_layers(model)
+    try:
+        default = [(DEFAULT_PRESET, str(default_schedule(layers, nominal_vision_tokens(model))),
+                    "the default rule: the paper's layers scaled to this depth, 1/2 of the tokens on layer average")]
+    except ValueError:  # a one-layer model: nothing to drop
+        default = []
     if is_embedded:
         own = [n for n in PRESETS if n.startswith("shapes-")]
     else:
         family = adapter_class(model)
         own = list(family.own_presets(layers)) if family is not None else []
-    out = [(n, PRESETS[n][0], PRESETS[n][1] + " (this model's)") for n in own]
+    out = default + [(n, PRESETS[n][0], PRESETS[n][1] + " (this model's)") for n in own]
     for name, (text, desc) in PRESETS.items():
         if name in own:
             continue

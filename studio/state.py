@@ -41,6 +41,10 @@ class PageState:
     baseline: str = "none"                   # the baseline the what-matters chart adds (studio.matters.BASELINES)
     baseline_file: str | None = None         # its trace for the last run (JSON in the session's folder)
     matters: dict | None = None              # the what-matters chart's data for the last run (studio.matters)
+    turn_notes: list[tuple[str, str]] = field(default_factory=list)  # per turn: (unpruned, V²Drop) truth + schedule
+    summary: str = ""                        # the last run's summary: expected answer, right/wrong, the reason
+    seed: int | None = None                  # the random baseline's seed for the last run (fresh per run)
+    layer_sweep: dict | None = None          # the last one-click drop-layer sweep (studio.layer_sweep)
 
     def new_chat(self) -> None:
         """Forget the conversation and the last run (the image / video, its mark and the picked
@@ -48,6 +52,7 @@ class PageState:
         self.turns_full, self.turns_drop = [], []
         self.trace_file, self.stats = None, None
         self.baseline_file, self.matters = None, None
+        self.turn_notes, self.summary, self.layer_sweep = [], "", None
 
     @property
     def has_media(self) -> bool:
