@@ -78,14 +78,6 @@ def test_batch_matches_single_runs(tiny, family):
             assert batch_trace.samples[b].kept == run.trace.samples[0].kept
 
 
-def test_different_vision_counts_raise(tiny):
-    model, processor = tiny("llava_next", "sdpa")
-    inputs = tm.inputs(processor, [tm.image(1, (64, 64)), tm.image(2, (32, 64))], ["what", "what"])
-    with v2drop.apply(model, SCHEDULE):
-        with pytest.raises(ValueError, match="different numbers of vision tokens"):
-            model.generate(**inputs, **GEN)
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_kept_tokens_keep_original_positions(tiny, family):
     model, processor = tiny(family, "sdpa")

@@ -78,6 +78,7 @@ class _Sequence:
     batch_size: int
     prompt_ids: torch.Tensor | None                 # (B, L) input ids of the first forward
     kv_index: list[torch.Tensor | None]             # per layer: original positions in its cache, None = all
+    kv_valid: list[torch.Tensor | None] = field(default_factory=list)  # per layer: (B, K) False = filler slot
 
 
 @dataclass
@@ -89,6 +90,7 @@ class _Forward:
     ordinal: torch.Tensor                           # (B, L_cur) index in the sample's vision sequence, -1 = text
     may_drop: bool                                  # multi-token input that holds vision tokens
     length: int = 0                                 # tokens in this forward's input, before any drop
+    valid: torch.Tensor | None = None               # (B, L_cur) False = filler slot of a shorter sample; None = all real
     version: int = 0                                # bumps each time the token set shrinks
     previous_hidden: torch.Tensor | None = None     # input of the previous layer, when a score needs it
     memo: dict = field(default_factory=dict)        # sliced kwargs shared by layers with the same token set
@@ -215,6 +217,7 @@ class DropSession:
             batch_size=batch,
             prompt_ids=input_ids.detach().clone() if input_ids is not None else None,
             kv_index=[None] * self.num_layers,
+            kv_valid=[None] * self.num_layers,
         )
         self.reset_trace()
         if self._is_cuda:
@@ -288,73 +291,72 @@ class DropSession:
 
     # ------------------------------------------------------------------ dropping
     def _drop(self, idx: int, hidden: torch.Tensor, layer_kwargs: dict, fwd: _Forward) -> torch.Tensor:
+        """Score each sample's alive vision tokens on its own, keep ⌊n_i × r⌋ of them, and pack the
+        kept tokens of every sample to the left-padded width of the longest (see :func:`_pack`)."""
         is_vision = fwd.ordinal >= 0                                   # (B, L)
-        counts = is_vision.sum(1)
-        if not bool((counts == counts[0]).all()):
-            raise ValueError(
-                "the samples of this batch carry different numbers of vision tokens "
-                f"({counts.tolist()}); v2drop keeps the same count per sample so that the batch stays "
-                "rectangular. Run such samples separately or resize their images to the same size."
-            )
-        n = int(counts[0])
-        if n == 0:
-            return hidden
-        keep = math.floor(n * self.ratios[idx] + 1e-9)
-        batch = hidden.shape[0]
-        vision_index = is_vision.nonzero()[:, 1].view(batch, n)        # (B, n) positions in `hidden`
-        vision_ordinal = fwd.ordinal.gather(1, vision_index)           # (B, n)
-
+        keep_mask = ~is_vision if fwd.valid is None else ~is_vision & fwd.valid   # text (and real padding) stays
         start = time.perf_counter()
-        generator = torch.Generator(device="cpu").manual_seed(layer_seed(self.seed, idx))
-        ctx = ScoreContext(
-            layer_idx=idx, hidden=hidden, previous_hidden=fwd.previous_hidden,
-            vision_index=vision_index, vision_ordinal=vision_ordinal, keep_count=keep,
-            layer=self.layers[idx], previous_layer=self.layers[idx - 1] if idx > 0 else None,
-            position_embeddings=layer_kwargs.get("position_embeddings"),
-            attention_mask=layer_kwargs.get("attention_mask"), generator=generator,
-        )
-        if self.rule.needs_previous_hidden and ctx.previous_hidden is None:
-            raise RuntimeError(f"method {self.rule.name!r} needs the input of layer {idx - 1}, which was not seen")
-        scores = self.rule.score(ctx)
-        if scores.shape != (batch, n):
-            raise RuntimeError(f"method {self.rule.name!r} returned scores of shape {tuple(scores.shape)}, "
-                               f"expected {(batch, n)}")
-        chosen = scores.float().topk(keep, dim=1).indices.sort(dim=1).values   # (B, k) into the n
-        keep_mask = ~is_vision
-        keep_mask.scatter_(1, vision_index.gather(1, chosen), True)
-        kept_index = keep_mask.nonzero()[:, 1].view(batch, -1)         # (B, L_new), ascending
-        merge = getattr(self.rule, "merge", None)
-        if merge is not None:  # e.g. pooling: kept tokens absorb the dropped ones before the gather
-            hidden = merge(ctx, chosen)
+        rows = [self._choose(idx, b, hidden, layer_kwargs, fwd, keep_mask) for b in range(hidden.shape[0])]
+        if getattr(self.rule, "merge", None) is not None:  # e.g. pooling: kept tokens absorbed dropped ones
+            hidden = torch.cat(rows)
         self.trace.scoring_seconds += time.perf_counter() - start
 
+        kept_index, valid = _pack(keep_mask)                           # (B, L_new), (B, L_new) or None
         hidden = _take(hidden, kept_index, dim=1)
         if fwd.previous_hidden is not None:
             fwd.previous_hidden = _take(fwd.previous_hidden, kept_index, dim=1)
         fwd.positions = fwd.positions.gather(1, kept_index)
         fwd.ordinal = fwd.ordinal.gather(1, kept_index)
+        if valid is not None:
+            fwd.ordinal = fwd.ordinal.masked_fill(~valid, -1)          # filler slots are never vision tokens
+        fwd.valid = valid
         fwd.version += 1
         fwd.memo.clear()
-
-        kept_ordinals = vision_ordinal.gather(1, chosen)
-        for b, sample in enumerate(self.trace.samples[:batch]):
-            sample.kept[idx] = kept_ordinals[b].tolist()
-            sample.scores[idx] = {"index": vision_ordinal[b].tolist(), "score": scores[b].float().tolist()}
         return hidden
+
+    def _choose(self, idx: int, b: int, hidden: torch.Tensor, layer_kwargs: dict, fwd: _Forward,
+                keep_mask: torch.Tensor) -> torch.Tensor:
+        """Choose sample ``b``'s kept vision tokens, as if it ran alone: mark them in ``keep_mask``
+        (B, L), record them in the trace; returns the sample's (1, L, D) hidden states (merged, for
+        pooling rules)."""
+        row = hidden[b:b + 1]                                          # (1, L, D)
+        vision_index = (fwd.ordinal[b] >= 0).nonzero().view(1, -1)     # (1, n) positions in `hidden`
+        n = vision_index.shape[1]
+        if n == 0 or b >= len(self.trace.samples):
+            return row
+        keep = math.floor(n * self.ratios[idx] + 1e-9)
+        vision_ordinal = fwd.ordinal[b:b + 1].gather(1, vision_index)  # (1, n)
+        previous = fwd.previous_hidden
+        ctx = ScoreContext(
+            layer_idx=idx, hidden=row, previous_hidden=None if previous is None else previous[b:b + 1],
+            vision_index=vision_index, vision_ordinal=vision_ordinal, keep_count=keep,
+            layer=self.layers[idx], previous_layer=self.layers[idx - 1] if idx > 0 else None,
+            position_embeddings=_sample_rows(layer_kwargs.get("position_embeddings"), b),
+            attention_mask=_sample_rows(layer_kwargs.get("attention_mask"), b),
+            generator=torch.Generator(device="cpu").manual_seed(layer_seed(self.seed, idx)),
+        )
+        if self.rule.needs_previous_hidden and ctx.previous_hidden is None:
+            raise RuntimeError(f"method {self.rule.name!r} needs the input of layer {idx - 1}, which was not seen")
+        scores = self.rule.score(ctx)
+        if scores.shape != (1, n):
+            raise RuntimeError(f"method {self.rule.name!r} returned scores of shape {tuple(scores.shape)}, "
+                               f"expected {(1, n)}")
+        chosen = scores.float().topk(keep, dim=1).indices.sort(dim=1).values   # (1, k) into the n
+        keep_mask[b, vision_index[0, chosen[0]]] = True
+        sample = self.trace.samples[b]
+        sample.kept[idx] = vision_ordinal[0, chosen[0]].tolist()
+        sample.scores[idx] = {"index": vision_ordinal[0].tolist(), "score": scores[0].float().tolist()}
+        merge = getattr(self.rule, "merge", None)
+        return row if merge is None else merge(ctx, chosen)
 
     def _record_variation(self, idx: int, hidden: torch.Tensor, fwd: _Forward) -> None:
         """Trace-only: L2 variation of every alive vision token at a layer that does not drop."""
-        is_vision = fwd.ordinal >= 0
-        batch = hidden.shape[0]
-        n = int(is_vision[0].sum())
-        if n == 0 or not bool((is_vision.sum(1) == n).all()):
-            return
-        index = is_vision.nonzero()[:, 1].view(batch, n)
-        rows = index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-        score = variation(hidden.gather(1, rows), fwd.previous_hidden.gather(1, rows))
-        ordinal = fwd.ordinal.gather(1, index)
-        for b, sample in enumerate(self.trace.samples[:batch]):
-            sample.scores[idx] = {"index": ordinal[b].tolist(), "score": score[b].tolist()}
+        for b, sample in enumerate(self.trace.samples[: hidden.shape[0]]):
+            index = (fwd.ordinal[b] >= 0).nonzero().flatten()          # (n,) positions in `hidden`
+            if index.numel() == 0:
+                continue
+            score = variation(hidden[b, index], fwd.previous_hidden[b, index])
+            sample.scores[idx] = {"index": fwd.ordinal[b, index].tolist(), "score": score.tolist()}
 
     def _record_alive(self, idx: int, fwd: _Forward) -> None:
         alive = (fwd.ordinal >= 0).sum(1).tolist()
@@ -383,9 +385,22 @@ class DropSession:
                 fitted["position_ids"] = None
             elif isinstance(position_ids, torch.Tensor):
                 fitted["position_ids"] = _take(position_ids, query, dim=-1)
-        fitted["attention_mask"] = _fit_mask(kwargs.get("attention_mask"), query, keys)
+        mask = _fit_mask(kwargs.get("attention_mask"), query, keys)
+        key_valid = _cat_valid(seq.kv_valid[idx], past_keys.shape[1], fwd.valid, fwd.positions.shape[1])
+        if key_valid is not None:  # a ragged batch: filler slots must never be attended to
+            dtype = kwargs["position_embeddings"][0].dtype
+            mask = _mask_fillers(mask, key_valid, fwd.positions, keys, self._mask_style(), dtype)
+        fitted["attention_mask"] = mask
         fwd.memo[key] = fitted
         return {**kwargs, **fitted}
+
+    def _mask_style(self) -> str:
+        """How this model's attention kernel reads a mask, for building one where the decoder
+        passed none (no padding): "2d" (FlashAttention), "additive" (eager) or "boolean" (sdpa)."""
+        if compat.detects_packing_from_positions(self.adapter.text_config):
+            return "2d"
+        implementation = str(getattr(self.adapter.text_config, "_attn_implementation", "") or "")
+        return "additive" if implementation == "eager" else "boolean"
 
     def _remember_cache(self, idx: int, layer_kwargs: dict, fwd: _Forward, seq: _Sequence) -> None:
         """Record which original positions layer ``idx``'s cache will hold after this forward."""
@@ -404,6 +419,7 @@ class DropSession:
             return  # nothing dropped so far: the cache stays the plain full sequence
         if before is None:
             before = torch.arange(fwd.past, device=fwd.positions.device).unsqueeze(0).expand(fwd.positions.shape[0], -1)
+        seq.kv_valid[idx] = _cat_valid(seq.kv_valid[idx], before.shape[1], fwd.valid, fwd.positions.shape[1])
         seq.kv_index[idx] = torch.cat([before.to(fwd.positions.device), fwd.positions], dim=1)
         if idx == 0 and before.shape[1] == fwd.past and fwd.version:
             # A drop before layer 0 (pre-LLM pooling rules) shortens layer 0's cache, from which
@@ -459,6 +475,63 @@ def _fit_mask(mask: Any, query: torch.Tensor, keys: torch.Tensor) -> Any:
     if mask.dim() == 2:
         return _take(mask, keys, dim=1)
     raise RuntimeError(f"unexpected attention mask of shape {tuple(mask.shape)}")
+
+
+def _pack(keep_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Indices of the kept slots of ``keep_mask`` (B, L), ascending per sample, packed to the widest
+    sample's count: ``(index (B, W), valid (B, W) or None)``. A sample that keeps fewer tokens is
+    left-padded with filler slots (``valid`` False) that repeat its first kept slot, so that every
+    sample's last token stays in the last column (generation reads the logits there)."""
+    batch, length = keep_mask.shape
+    counts = keep_mask.sum(1)                                          # (B,)
+    width = int(counts.max())
+    arange = torch.arange(length, device=keep_mask.device)
+    ascending = torch.where(keep_mask, arange, arange + length).sort(dim=1).values[:, :width]  # kept first
+    if bool((counts == width).all()):
+        return ascending, None
+    slot = torch.arange(width, device=keep_mask.device) - (width - counts).unsqueeze(1)     # (B, W), <0 = filler
+    index = ascending.gather(1, slot.clamp(min=0)).clamp(max=length - 1)
+    return index, slot >= 0
+
+
+def _cat_valid(before: torch.Tensor | None, before_len: int, now: torch.Tensor | None,
+               now_len: int) -> torch.Tensor | None:
+    """Validity of a cache's slots followed by this forward's: (B, before_len + now_len), None if all valid."""
+    if before is None and now is None:
+        return None
+    ref = before if before is not None else now
+    ones = lambda n: torch.ones(ref.shape[0], n, dtype=torch.bool, device=ref.device)  # noqa: E731
+    return torch.cat([before if before is not None else ones(before_len),
+                      now.to(ref.device) if now is not None else ones(now_len)], dim=1)
+
+
+def _mask_fillers(mask: Any, key_valid: torch.Tensor, query_pos: torch.Tensor, key_pos: torch.Tensor,
+                  style: str, dtype: torch.dtype) -> torch.Tensor:
+    """``mask`` (already fitted to this layer's tokens) with filler key slots masked. Where the
+    decoder passed no mask (no padding: causal by position), one is built: a key is seen by a query
+    at the same or a later original position. ``key_valid`` (B, K); positions (B, Q) and (B, K)."""
+    if mask is None:
+        if style == "2d":
+            return key_valid
+        mask = (key_pos.unsqueeze(1) <= query_pos.unsqueeze(2)).unsqueeze(1)      # (B, 1, Q, K) causal
+        if style == "additive":
+            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    key_valid = key_valid.to(mask.device)
+    if mask.dim() == 2:
+        return (mask.bool() & key_valid).to(mask.dtype)
+    if mask.dtype == torch.bool:
+        return mask & key_valid[:, None, None, :]
+    return mask.masked_fill(~key_valid[:, None, None, :], torch.finfo(mask.dtype).min)
+
+
+def _sample_rows(value: Any, b: int) -> Any:
+    """Sample ``b``'s rows of a batched kwarg (a tensor, or a tuple such as (cos, sin)); a tensor
+    with a batch of one is shared by every sample."""
+    if isinstance(value, tuple):
+        return tuple(_sample_rows(v, b) for v in value)
+    if isinstance(value, torch.Tensor) and value.dim() > 1 and value.shape[0] > 1:
+        return value[b:b + 1]
+    return value
 
 
 def compat_error(message: str) -> RuntimeError:

@@ -19,10 +19,12 @@ __all__ = ["ScoreContext", "ScoringRule", "register_method", "get_method", "avai
 
 @dataclass
 class ScoreContext:
-    """Everything a scoring rule may look at, for one drop layer and the whole batch.
+    """Everything a scoring rule may look at, for one drop layer and one sample.
 
-    Shapes: ``B`` batch, ``L`` tokens currently in the sequence, ``n`` alive vision tokens per
-    sample (equal across the batch), ``D`` hidden size.
+    The engine scores each sample of a batch on its own (``B`` = 1), so that a sample keeps the
+    same tokens in any batch as alone, whatever its number of vision tokens. Shapes: ``B`` batch,
+    ``L`` tokens currently in the sequence (padding included), ``n`` alive vision tokens, ``D``
+    hidden size.
     """
 
     layer_idx: int

@@ -39,8 +39,8 @@ from .adapters import adapter_class, supported_architectures
 from .loading import has_video_processor
 from .video import DecodedVideo, VideoLimits, default_num_frames, load_video
 
-__all__ = ["supports_video", "video_inputs", "prepare_video", "video_model_types", "frames_per_layout_frame",
-           "layout_frame_to_video_frames"]
+__all__ = ["supports_video", "video_inputs", "video_batch_inputs", "prepare_video", "video_model_types",
+           "frames_per_layout_frame", "layout_frame_to_video_frames"]
 
 Frames = Union[DecodedVideo, Sequence[Image.Image], np.ndarray]
 Prompt = Union[str, list]
@@ -98,19 +98,52 @@ def video_inputs(
     """
     video, meta = _frames_and_metadata(frames, metadata)
     text = _prompt_text(processor, prompt, add_generation_prompt)
-    kwargs: dict[str, Any] = {"return_tensors": return_tensors}
+    return _call(processor, [video], [meta], [text], _qwen_size(processor, max_pixels, min_pixels), return_tensors)
+
+
+def video_batch_inputs(
+    processor: Any,
+    videos: Sequence[Frames],
+    prompts: Sequence[Prompt],
+    *,
+    add_generation_prompt: bool = True,
+    max_pixels: int | None = None,
+    min_pixels: int | None = None,
+    return_tensors: str = "pt",
+) -> BatchFeature:
+    """Model inputs for a left-padded batch of videos, one prompt each (as :func:`video_inputs`).
+
+    Qwen2-VL / Qwen2.5-VL videos may differ in length and size (each has its own grid, so the
+    samples carry different numbers of vision tokens); LLaVA-OneVision stacks its frames into one
+    tensor, so its videos must have the same number of frames (``ValueError`` otherwise)."""
+    if len(videos) != len(prompts) or not videos:
+        raise ValueError(f"one prompt per video: got {len(videos)} videos and {len(prompts)} prompts")
+    decoded = [_frames_and_metadata(v, None) for v in videos]
+    texts = [_prompt_text(processor, p, add_generation_prompt) for p in prompts]
     size = _qwen_size(processor, max_pixels, min_pixels)
+    tokenizer = processor.tokenizer
+    old_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        return _call(processor, [v for v, _ in decoded], [m for _, m in decoded], texts, size, return_tensors)
+    finally:
+        tokenizer.padding_side = old_side
+
+
+def _call(processor: Any, videos: list, metas: list[dict], texts: list[str], size: dict | None,
+          return_tensors: str) -> BatchFeature:
+    """The processor on videos and texts, with the real video processor or the stand-in."""
+    kwargs: dict[str, Any] = {"return_tensors": return_tensors, "padding": len(texts) > 1}
     if has_video_processor(processor):
-        videos_kwargs: dict[str, Any] = {"do_sample_frames": False, "video_metadata": [meta]}
+        videos_kwargs: dict[str, Any] = {"do_sample_frames": False, "video_metadata": metas}
         if size is not None:
             videos_kwargs["size"] = size
         if _is_qwen_processor(processor) and "cap_pixels_per_frame" in getattr(
                 getattr(processor.video_processor, "valid_kwargs", None), "__annotations__", {}):
             videos_kwargs["cap_pixels_per_frame"] = False  # the stand-in's behaviour; silences a warning
-        return processor(text=[text], videos=[video], videos_kwargs=videos_kwargs, **kwargs)
+        return processor(text=texts, videos=videos, videos_kwargs=videos_kwargs, **kwargs)
     proxy = copy.copy(processor)
     proxy.video_processor = _stand_in(processor, size)
-    return proxy(text=[text], videos=[video], videos_kwargs={"video_metadata": [meta]}, **kwargs)
+    return proxy(text=texts, videos=videos, videos_kwargs={"video_metadata": metas}, **kwargs)
 
 
 def prepare_video(
