@@ -344,7 +344,8 @@ def run_accuracy(model, processor, info: dict, methods: list[str], schedules: di
                                      batch_size=batch_size, on_trace=collector)
             rows.append(dict(method=method, budget_name=budget_name, schedule=str(schedule), note=note,
                              avg_kept=schedule.average_kept(layers, n_vis), accuracy=r["accuracy"],
-                             per_type=r["per_type"], n=r["n"], seconds=r["seconds"]))
+                             per_type=r["per_type"], n=r["n"], seconds=r["seconds"],
+                             **({"random_draws": r["random_draws"]} if "random_draws" in r else {})))
             bias.setdefault(budget_name, {})[method] = collector.result()
             log(f"  {method} @ {budget_name} ({schedule}): {100 * r['accuracy']:.1f} %")
     for r in rows:
