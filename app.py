@@ -29,6 +29,7 @@ from typing import Any
 import gradio as gr
 from transformers.utils import logging as transformers_logging
 
+from studio import zerogpu
 from studio.budget import MemoryBudget
 from studio.editor import MarkEditor, mark_brush
 from studio.handlers import Studio, notice
@@ -45,14 +46,6 @@ from v2drop.resolution import CAPS
 from v2drop.schedule import DEFAULT_RULE, DropSchedule
 from v2drop.video import SUPPORTED_EXTENSIONS
 from visualize import charts, story
-
-try:  # Hugging Face ZeroGPU: run the model work on a GPU slice; a no-op everywhere else
-    import spaces  # type: ignore
-
-    gpu = spaces.GPU
-except ImportError:  # pragma: no cover - depends on the environment
-    def gpu(fn=None, **_kwargs):
-        return fn if fn is not None else (lambda f: f)
 
 log = logging.getLogger("v2drop.app")
 ROOT = Path(__file__).resolve().parent
@@ -347,14 +340,16 @@ def _wire_chat(studio: Studio, media: MediaPanel, chat: ChatPanel, run: RunPanel
     outputs = [chat.full, chat.drop, note, state, chat.question] + run.visual_outputs()
     lesson = [chat.summary, chat.sweep_table, chat.sweep_chart]   # cleared with the run they are about
     # one event for both triggers, so a second click/Enter while this session's turn runs is ignored
-    gr.on([chat.send.click, chat.question.submit], gpu(studio.chat), [chat.question, media.image_file, state],
+    gr.on([chat.send.click, chat.question.submit], zerogpu.on_gpu(studio, studio.chat, zerogpu.chat_seconds),
+          [chat.question, media.image_file, state],
           outputs, api_name="chat", trigger_mode="once", concurrency_limit=1, concurrency_id="model"
           ).then(studio.run_summary, [state], lesson, api_name="run_summary")
     chat.clear.click(studio.on_clear, [state], [chat.full, chat.drop, note, state], api_name="clear"
                      ).then(studio.run_summary, [state], lesson, api_name="summary_after_clear",
                             api_visibility="private")
-    chat.sweep.click(gpu(studio.on_layer_sweep), [state], [chat.sweep_table, chat.sweep_chart, run.sweep_tie, state],
-                     api_name="layer_sweep", concurrency_limit=1, concurrency_id="model")
+    chat.sweep.click(zerogpu.on_gpu(studio, studio.on_layer_sweep, zerogpu.sweep_seconds), [state],
+                     [chat.sweep_table, chat.sweep_chart, run.sweep_tie, state], api_name="layer_sweep",
+                     concurrency_limit=1, concurrency_id="model")
     run.layer.change(studio.on_layer, [run.layer, state], [run.kept, run.heat, run.layer_caption],
                      api_visibility="private", trigger_mode="always_last")
     run.drop_layer.input(studio.on_drop_layer, [run.drop_layer, state], [run.dropped], api_visibility="private")
@@ -373,8 +368,9 @@ def _wire_matters(studio: Studio, media: MediaPanel, run: RunPanel, state: gr.St
     gr.Button(visible=False).click(studio.on_mark_box, box + shown, views + [run.editor, state], api_name="mark_box")
     media.preview.select(studio.on_picture_click, shown, views + [run.editor, state], api_visibility="private")
     run.clear_marks.click(studio.on_clear_marks, shown, views + [run.editor, state], api_name="clear_marks")
-    run.baseline.input(studio.on_baseline, [run.baseline, state], [run.matters, run.matters_note, run.trace_file,
-                       state], api_name="set_baseline", concurrency_limit=1, concurrency_id="model")
+    run.baseline.input(zerogpu.on_gpu(studio, studio.on_baseline, zerogpu.baseline_seconds), [run.baseline, state],
+                       [run.matters, run.matters_note, run.trace_file, state], api_name="set_baseline",
+                       concurrency_limit=1, concurrency_id="model")
 
 
 def build_demo(studio: Studio, policy: HostingPolicy) -> gr.Blocks:
@@ -504,7 +500,7 @@ def main(argv=None) -> None:
     log.info(policy.describe())
     studio = make_studio(args, policy)
     demo = build_demo(studio, policy)
-    if not args.no_warm_up:
+    if not args.no_warm_up and not zerogpu.active():  # on ZeroGPU, no model runs outside a GPU call
         warm_up(studio)
     print(f"V²Drop Studio on http://{args.host}:{args.port}", flush=True)
     demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_FILE_SIZE, show_error=False,

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 
 from studio.schedules import num_decoder_layers
+from studio.zerogpu import active as zerogpu_active
 
 __all__ = ["EMBEDDED_ID", "SUGGESTED_MODELS", "ModelLoadError", "LoadedModel", "ModelCard", "ModelRegistry"]
 
@@ -293,7 +294,7 @@ class ModelRegistry:
             while len(self._extra) > self.max_extra:
                 self._extra.popitem(last=False)
             gc.collect()
-            if torch.cuda.is_available():
+            if torch.cuda.is_available() and not zerogpu_active():  # ZeroGPU: no CUDA outside a GPU call
                 torch.cuda.empty_cache()
         report(1.0, "Loaded.")
         return entry
