@@ -6,6 +6,7 @@ schedule and method each answer came from, the reason when V²Drop's answer diff
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from studio.lesson import is_right, verdict_line
@@ -44,7 +45,7 @@ def summarise_turn(full: str, drop: str, expected: str | None, schedule: str, sa
     if expected is not None:
         lines.append(f"🎯 Expected answer: **{expected}**. Unpruned: {'✅ right' if is_right(full, expected) else '❌ wrong'}"
                      f" · V²Drop: {'✅ right' if is_right(drop, expected) else '❌ wrong'}.")
-    differs = _first_word(full) != _first_word(drop)
+    differs = _words(full) != _words(drop)
     wrong = expected is not None and not is_right(drop, expected)
     reason = ""
     if (differs or wrong) and sample is not None:
@@ -59,6 +60,6 @@ def summarise_turn(full: str, drop: str, expected: str | None, schedule: str, sa
     return TurnSummary(full_tag, drop_tag, "\n\n".join(lines), reason)
 
 
-def _first_word(text: str) -> str:
-    words = (text or "").lower().split()
-    return words[0].strip(".,!?") if words else ""
+def _words(text: str) -> list[str]:
+    """The answer's words, case and punctuation aside ("Orange." and "orange" are one answer)."""
+    return re.findall(r"[a-z0-9]+", (text or "").lower())

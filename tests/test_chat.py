@@ -186,7 +186,7 @@ def test_registry_embedded_and_failing_loads_leave_the_cache(tmp_path):
         registry.load(str(text_only))
     assert registry.loaded_ids() == [EMBEDDED_ID]
     names = [n for n, _, _ in presets_for(emb.model, emb.is_embedded)]
-    assert names[0].startswith("shapes-")
+    assert names[0] == "default" and names[1].startswith("shapes-")  # the rule's default, then its own presets
 
 
 def test_registry_load_lets_cancellation_through(tmp_path, monkeypatch):

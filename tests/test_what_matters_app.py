@@ -24,7 +24,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 
 import tiny_models  # noqa: E402
 from app_server import AppServer, raw_call  # noqa: E402
-from v2drop.schedule import fastv_layer  # noqa: E402
+from v2drop.schedule import default_schedule, fastv_layer  # noqa: E402
 from visualize.overlay import OUTLINE_RGB  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ RECORDS = json.loads((EXAMPLES / "shapes_questions.json").read_text())
 NOTICE, KEPT, TRACE_FILE, MATTERS, MATTERS_NOTE = 2, 6, 14, 16, 17
 # /mark, /mark_box, /clear_marks answers: kept, heat, dropped, chart, note, trace file (, editor)
 M_KEPT, M_CHART, M_NOTE, M_TRACE = 0, 3, 4, 5
-SHAPES_LAYERS, LAST_DROP = 8, 6  # the embedded model, its first preset "2:0.6,4:0.5,6:0.3"
+SHAPES_LAYERS, FIRST_DROP, LAST_DROP = 8, 1, 6  # the embedded model, its default schedule (1, 4, 6 at 1/2 of the tokens)
 
 
 @pytest.fixture(scope="module")
@@ -152,14 +152,14 @@ def test_a_mark_replaces_the_truth_in_chart_outline_and_trace_and_clears(server,
                          api_name="/chat")
     assert "Ground truth" in out[MATTERS_NOTE] and _has_cyan(out[KEPT])  # the truth is outlined
     editor = {"background": None, "layers": [handle_file(_layer_png(tmp_path))], "composite": None}
-    marked = client.predict(editor, LAST_DROP, 2, api_name="/mark")
+    marked = client.predict(editor, LAST_DROP, FIRST_DROP, api_name="/mark")
     assert "Hand-marked" in marked[M_NOTE] and "32 of 256" in marked[M_NOTE], marked[M_NOTE]
     record = _file(marked[M_TRACE])["what_matters"]
     assert record["source"] == "hand-marked" and record["tokens"] == [r * 16 + c for r in range(4) for c in range(8)]
     assert _has_cyan(marked[M_KEPT]) and "Hand-marked" in json.loads(marked[M_CHART]["plot"])["layout"]["title"]["text"]
-    box = client.predict(0, 0, 16, 16, LAST_DROP, 2, api_name="/mark_box")
+    box = client.predict(0, 0, 16, 16, LAST_DROP, FIRST_DROP, api_name="/mark_box")
     assert _file(box[M_TRACE])["what_matters"]["tokens"] == [0, 1, 16, 17]
-    cleared = client.predict(LAST_DROP, 2, api_name="/clear_marks")
+    cleared = client.predict(LAST_DROP, FIRST_DROP, api_name="/clear_marks")
     assert "Ground truth" in cleared[M_NOTE]
     assert _file(cleared[M_TRACE])["what_matters"]["tokens"] == RECORDS["shapes_0_color.png"]["question_patches"]
 
@@ -171,7 +171,7 @@ def test_a_picked_baseline_joins_the_chart_at_v2drops_budget(server):
                          api_name="/chat")
     assert [line["name"].split(" (")[0] for line in _lines(out[MATTERS])] == ["unpruned", "V²Drop", "uniform"]
     baseline = _file(out[TRACE_FILE])["what_matters"]["baseline"]
-    assert baseline["method"] == "uniform" and baseline["schedule"] == "2:0.6,4:0.5,6:0.3"
+    assert baseline["method"] == "uniform" and baseline["schedule"] == str(default_schedule(SHAPES_LAYERS, 256))
     chart, note, trace = client.predict("fastv-lite", api_name="/set_baseline")  # no new question needed
     baseline = _file(trace)["what_matters"]["baseline"]
     assert baseline["method"] == "fastv-lite" and "FastV-lite" in note
@@ -194,7 +194,7 @@ def test_one_visitors_mark_or_truth_never_reaches_another_session(server, tmp_pa
     def visitor_a():
         results["a"] = a.predict("what color is the star ?", handle_file(str(EXAMPLES / "shapes_0_color.png")),
                                  api_name="/chat")
-        results["a-box"] = a.predict(0, 0, 64, 64, LAST_DROP, 2, api_name="/mark_box")
+        results["a-box"] = a.predict(0, 0, 64, 64, LAST_DROP, FIRST_DROP, api_name="/mark_box")
 
     def visitor_b():
         results["b"] = b.predict("what color is the star ?", handle_file(str(tmp_path / "noise.png")),
@@ -216,7 +216,7 @@ def test_one_visitors_mark_or_truth_never_reaches_another_session(server, tmp_pa
     assert record["source"] == "ground truth" and record["tokens"] == RECORDS["shapes_0_color.png"]["question_patches"]
     fresh = Client(server.url, verbose=False)  # a new visitor with no picture can mark nothing
     assert "No picture to mark" in fresh.predict(0, 0, 10, 10, 0, None, api_name="/mark_box")[M_NOTE]
-    assert _file(a.predict(LAST_DROP, 2, api_name="/clear_marks")[M_TRACE])["what_matters"]["source"] == "ground truth"
+    assert _file(a.predict(LAST_DROP, FIRST_DROP, api_name="/clear_marks")[M_TRACE])["what_matters"]["source"] == "ground truth"
 
 
 def test_an_editor_payload_naming_a_server_path_is_refused_without_naming_it(server):
