@@ -55,7 +55,24 @@ MAX_FILE_SIZE = "100mb"  # videos; images are decoded with their own pixel limit
 CSS = """
 #notice {min-height: 1.5em}
 .pane-title {text-align:center; font-weight:600}
+/* a picture's label sits above it, never over its top row of patches */
+#kept-overlay, #heatmap, #dropped-overlay, #preview, #video-preview {padding-top: 34px !important}
+#kept-overlay .icon-button-wrapper, #heatmap .icon-button-wrapper, #dropped-overlay .icon-button-wrapper,
+#preview .icon-button-wrapper, #video-preview .icon-button-wrapper {top: -32px !important}
+#gallery > label[data-testid="block-label"] {position: static !important; margin-bottom: 30px}
+/* the gallery: as many columns as fit, every example in view (no inner or sideways scroll) */
+#gallery, #gallery .grid-wrap {height: auto !important; max-height: none !important; overflow: visible !important}
+#gallery .grid-container {grid-template-columns: repeat(auto-fill, minmax(96px, 1fr)) !important}
+@media (max-width: 640px) {
+  /* a phone: both answers side by side, so that both are in view after Send */
+  #chat-row {flex-wrap: nowrap !important; gap: 6px !important}
+  #chat-row > * {min-width: 0 !important; flex: 1 1 0 !important}
+  #chat-full, #chat-drop {height: 260px !important}
+}
 """
+# on a phone, Send scrolls the two answers into view (plain JS: no round trip, no Python)
+SHOW_ANSWERS_JS = ("() => { if (window.innerWidth <= 640) "
+                   "document.querySelector('#chat-row')?.scrollIntoView({block: 'start'}); }")
 EXAMPLES = [
     ["shapes_0_color.png", "what color is the star ?"],
     ["shapes_1_count.png", "how many squares are there ?"],
@@ -176,7 +193,7 @@ def _model_panel(studio: Studio, policy: HostingPolicy) -> ModelPanel:
 
 
 def _media_panel(studio: Studio, video_examples: dict) -> MediaPanel:
-    with gr.Tabs():
+    with gr.Tabs(overflow_behavior="wrap"):  # every tab in view on a phone too
         with gr.Tab("Image", elem_id="image-tab") as image_tab:
             image_file = gr.File(label="Image (upload)", file_types=["image"], type="filepath", elem_id="image-upload")
             preview = gr.Image(label="Image", interactive=False, height=220, elem_id="preview")
@@ -199,7 +216,7 @@ def _media_panel(studio: Studio, video_examples: dict) -> MediaPanel:
 
 
 def _chat_panel() -> ChatPanel:
-    with gr.Row():
+    with gr.Row(elem_id="chat-row"):
         full = gr.Chatbot(label="Unpruned", height=300, elem_id="chat-full")
         drop = gr.Chatbot(label="V²Drop", height=300, elem_id="chat-drop")
     with gr.Row():
@@ -221,22 +238,26 @@ def _chat_panel() -> ChatPanel:
 
 
 def _run_panel(num_layers: int) -> RunPanel:
-    with gr.Tabs():
+    with gr.Tabs(overflow_behavior="wrap"):  # every tab in view on a phone too
         with gr.Tab("Patches per layer"):
             with gr.Row():
                 layer = gr.Slider(0, num_layers - 1, value=0, step=1, label="Decoder layer", scale=5, elem_id="layer")
                 play = gr.Button("▶ Play", scale=1, size="sm")
             caption = gr.Markdown()
             with gr.Row():
-                kept = gr.Image(label="Kept (clear) vs dropped (dark; red = dropped at this layer)",
+                kept = gr.Image(label="Kept and dropped patches (key under the picture)",
                                 interactive=False, elem_id="kept-overlay", format="png")
-                heat = gr.Image(label="Variation ‖h_l − h_(l−1)‖₂ (bright = changes most)", interactive=False,
+                heat = gr.Image(label="Variation ‖h_l − h_(l−1)‖₂ (colour bar under it)", interactive=False,
                                 elem_id="heatmap", format="png")
             with gr.Row():
-                drop_layer = gr.Dropdown(label="Which patches went at drop layer…", choices=[], scale=1)
-                dropped = gr.Image(label="Dropped at that layer (red)", interactive=False, scale=2, format="png",
-                                   height=360)
-            timeline = gr.Plot(label="Video: kept tokens per frame and layer", elem_id="frame-timeline")
+                # a custom value is let through (the handlers check it): an event sent while a new run
+                # changes the drop layers must not fail on the previous run's layer
+                drop_layer = gr.Dropdown(label="Which patches went at drop layer…", choices=[], scale=1,
+                                         allow_custom_value=True, elem_id="drop-layer")
+                dropped = gr.Image(label="Dropped at that layer (red, hatched)", interactive=False, scale=2, format="png",
+                                   height=400, elem_id="dropped-overlay")
+            timeline = gr.Plot(label="Video: kept tokens per frame and layer", elem_id="frame-timeline",
+                               visible=False)  # shown for video runs only
         with gr.Tab("What matters", elem_id="matters-tab"):
             matters = _matters_tab()
         with gr.Tab("Performance"):
@@ -294,7 +315,8 @@ def _wire_model(studio: Studio, model: ModelPanel, media: MediaPanel, chat: Chat
     model.preset.input(studio.on_preset, [model.preset, state], [model.schedule, model.schedule_info, state],
                        api_name="set_preset")
     model.schedule.change(studio.on_schedule_edit, [model.schedule, state], [model.schedule_info, state],
-                          api_name="set_schedule")
+                          api_name="set_schedule"
+                          ).then(studio.preset_for, [state], [model.preset], api_visibility="private")
     model.load.click(studio.on_switch_model, [model.dropdown, model.trust, state],
                      [model.dropdown, model.info, model.preset, model.schedule, model.schedule_info, note, state,
                       media.frames, chat.full, chat.drop] + run.visual_outputs(),
@@ -344,6 +366,7 @@ def _wire_chat(studio: Studio, media: MediaPanel, chat: ChatPanel, run: RunPanel
           [chat.question, media.image_file, state],
           outputs, api_name="chat", trigger_mode="once", concurrency_limit=1, concurrency_id="model"
           ).then(studio.run_summary, [state], lesson, api_name="run_summary")
+    gr.on([chat.send.click, chat.question.submit], None, js=SHOW_ANSWERS_JS, api_visibility="private")
     chat.clear.click(studio.on_clear, [state], [chat.full, chat.drop, note, state], api_name="clear"
                      ).then(studio.run_summary, [state], lesson, api_name="summary_after_clear",
                             api_visibility="private")
@@ -399,6 +422,9 @@ def build_demo(studio: Studio, policy: HostingPolicy) -> gr.Blocks:
         _wire_media(studio, media, chat, state, note, video_examples, run.editor)
         _wire_chat(studio, media, chat, run, state, note)
         _wire_matters(studio, media, run, state)
+        # every new image or video, tab switch, cleared chat or refused question says so in the notice:
+        # then the run's views go too, unless the session still has its run (no stale numbers)
+        note.change(studio.views_for, [state], run.visual_outputs(), api_visibility="private")
         demo.unload(studio.on_unload)
     demo.queue(default_concurrency_limit=4, max_size=64)
     return demo

@@ -56,6 +56,7 @@ __all__ = ["Studio", "notice", "messages"]
 
 log = logging.getLogger("v2drop.app")
 STREAM_INTERVAL = 0.08  # seconds between streamed chat updates
+CUSTOM_PRESET = ("custom — your own schedule (edited)", "custom")  # the Preset box after a hand edit
 
 
 def notice(text: str, kind: str = "info") -> str:
@@ -249,21 +250,24 @@ class Studio:
             _remove(state.image)
             state.image = state.image_src = state.truth = state.box_corner = None
             self._forget_mark(state)
-            return None, [], [], "", state
+            return None, [], [], "", state  # (a refused upload's message stays under the box)
         try:
             notes = self._take_image(path, state, session)
         except ChatInputError as err:
             state.image = state.image_src = state.truth = None
+            state.upload_error = str(err)  # also under the upload box (image_info), where the visitor looks
             self._forget_mark(state)
             return None, [], [], notice(str(err), "error"), state
+        state.upload_error = None
         text = " ".join(notes) + (" " if notes else "") + "New image: a new conversation starts."
         return state.image, [], [], notice(text, "warn" if notes else "info"), state
 
     def image_info(self, state: PageState) -> str:
         """The line under the image: its vision-token count for the current model under the
-        operator's image cap (empty without an image, or when the model was evicted)."""
+        operator's image cap (empty without an image, or when the model was evicted); after a refused
+        upload, why it was refused."""
         if not state.image:
-            return ""
+            return notice(state.upload_error, "error") if state.upload_error else ""
         known = ("\n\n🎯 A generated scene from the gallery: its objects are known, so the *What matters* tab "
                  "follows the patches of the objects your question names (ground truth).") if state.truth else ""
         try:
@@ -367,8 +371,9 @@ class Studio:
         try:
             turn = self._prepare(question, image_file, state, session)
         except (ChatInputError, ModelLoadError) as err:
+            self._forget_run(state)  # the views must not pass the last run's numbers off as this one's
             yield (messages(state.turns_full), messages(state.turns_drop), notice(str(err), "error"), state,
-                   gr.skip()) + skip
+                   gr.skip()) + Visuals.cleared().values()
             return
         turns_full, turns_drop = list(state.turns_full), list(state.turns_drop)
         state.seed = secrets.randbelow(2 ** 31)  # the random baseline's draw for this run (shown, reproducible)
@@ -385,11 +390,39 @@ class Studio:
                 yield update + (state, gr.skip()) + skip
         except Exception:  # noqa: BLE001 - the page gets a message, the log the traceback
             log.exception("generation failed")
+            self._forget_run(state)
             yield (messages(turns_full, tags=tags[0]), messages(turns_drop, tags=tags[1]),
                    notice("Generation failed. The app is still running; try another image or video, question or "
-                          "schedule.", "error"), state, turn.question) + skip
+                          "schedule.", "error"), state, turn.question) + Visuals.cleared().values()
             return
         yield self._finish(turn, event, state, session)
+
+    @staticmethod
+    def _forget_run(state: PageState) -> None:
+        """Forget the last run's trace and numbers (the chat stays): nothing redraws them any more."""
+        _remove(state.trace_file)
+        _remove(state.baseline_file)
+        state.trace_file = state.stats = state.matters = state.baseline_file = None
+
+    def views_for(self, state: PageState) -> tuple:
+        """After a new image or video, a tab switch or a cleared chat: the run's views cleared when
+        the session has no run any more (so no chart shows the previous run's numbers), else kept."""
+        return (Visuals.unchanged() if state.stats else Visuals.cleared()).values()
+
+    def preset_for(self, state: PageState):
+        """The Preset box after a schedule edit: the preset whose schedule this is, else "custom"."""
+        card = self._card(state)
+        try:
+            mine = str(DropSchedule.parse(state.schedule or ""))
+        except ValueError:
+            mine = None
+        for name, text, _ in presets_for(card, card.is_embedded):
+            try:
+                if mine is not None and str(DropSchedule.parse(text)) == mine:
+                    return gr.Dropdown(value=name)
+            except ValueError:
+                continue
+        return gr.Dropdown(choices=self.preset_choices(card) + [CUSTOM_PRESET], value=CUSTOM_PRESET[1])
 
     def _stream(self, turn: Turn, turns_full: list, turns_drop: list,
                 tags: tuple[list, list] = ([], [])) -> Iterator[tuple[PairEvent, tuple | None]]:
@@ -424,9 +457,9 @@ class Studio:
         state.region, state.video_step = turn.media.region, turn.media.video_step
         state.last_vision_tokens = event.trace.samples[0].num_vision_tokens if event.trace.samples else None
         f, d = event.full, event.drop
-        done = (f"Done with `{schedule}` on {entry.model_id}: first tokens after {f.first_token_seconds * 1e3:.0f} ms "
-                f"(unpruned) / {d.first_token_seconds * 1e3:.0f} ms (V²Drop); prefill {f.prefill_seconds * 1e3:.0f} → "
-                f"{d.prefill_seconds * 1e3:.0f} ms.")
+        done = (f"Done with `{schedule}` on {entry.model_id}: time to first token (each run's own) "
+                f"{f.first_token_seconds * 1e3:.0f} ms (unpruned) / {d.first_token_seconds * 1e3:.0f} ms (V²Drop); "
+                f"prefill {f.prefill_seconds * 1e3:.0f} → {d.prefill_seconds * 1e3:.0f} ms.")
         if turn.notes:
             done = " ".join(turn.notes) + " " + done
         if not entry.trained:
@@ -645,7 +678,10 @@ class Studio:
     def on_picture_click(self, evt: gr.SelectData, layer: Any, drop_layer: Any, state: PageState,
                          request: gr.Request):
         """Two clicks on the picture: the opposite corners of a box that marks what matters."""
-        x, y = (float(v) for v in evt.index[:2])
+        clicked = point(getattr(evt, "index", None))
+        if clicked is None:
+            return (gr.skip(),) * 7 + (state,)
+        x, y = clicked
         if state.box_corner is None:
             state.box_corner = (x, y)
             return (gr.skip(),) * 4 + (f"First corner at ({x:.0f}, {y:.0f}): click the opposite corner.",

@@ -41,6 +41,7 @@ class PageState:
     baseline: str = "none"                   # the baseline the what-matters chart adds (studio.matters.BASELINES)
     baseline_file: str | None = None         # its trace for the last run (JSON in the session's folder)
     matters: dict | None = None              # the what-matters chart's data for the last run (studio.matters)
+    upload_error: str | None = None          # why the last upload was refused (shown beside the upload box too)
     turn_notes: list[tuple[str, str]] = field(default_factory=list)  # per turn: (unpruned, V²Drop) truth + schedule
     summary: str = ""                        # the last run's summary: expected answer, right/wrong, the reason
     seed: int | None = None                  # the random baseline's seed for the last run (fresh per run)

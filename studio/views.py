@@ -64,7 +64,7 @@ class Visuals:
     def cleared(cls) -> "Visuals":
         """Nothing drawn: after a model load, or when there is no run to show."""
         return cls(gr.Slider(value=0), gr.Dropdown(choices=[], value=None), None, None, None, None, None, None,
-                   None, story.how_it_works(), None, None, None, "")
+                   None, story.how_it_works(), None, gr.Plot(value=None, visible=False), None, "")
 
     def values(self) -> tuple:
         return tuple(getattr(self, f.name) for f in fields(self))
@@ -117,10 +117,11 @@ def run_visuals(trace: Trace, stats: dict, media: Media, trace_file: str, matter
     layer = drops[-1] if drops else 0
     first_drop = drops[0] if drops else None
     kept, heat = layer_images(media, sample, layer)
-    timeline = None
+    timeline = gr.Plot(value=None, visible=False)  # an image run has no frames: no empty timeline either
     if media.video is not None:
-        timeline = charts.frame_timeline(trace, step=media.video_step, timestamps=media.video.timestamps,
-                                         num_frames=len(media.video))
+        timeline = gr.Plot(value=charts.frame_timeline(trace, step=media.video_step,
+                                                       timestamps=media.video.timestamps,
+                                                       num_frames=len(media.video)), visible=True)
     return Visuals(
         layer=gr.Slider(minimum=0, maximum=trace.num_layers - 1, value=layer, step=1),
         drop_layer=gr.Dropdown(choices=[(f"layer {d}", d) for d in drops], value=first_drop),

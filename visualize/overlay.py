@@ -50,7 +50,7 @@ OUTLINE_WIDTH = 3                # pixels, drawn inside the outlined patches
 MARK_MIN_SHARE = 0.25            # a vision token is marked when at least this share of its patch is painted
 HATCH_NOW_RGB = (255, 255, 255)  # "/" hatching of the patches dropped at the shown layer
 HATCH_DEAD_RGB = (176, 176, 188) # "\\" hatching of the patches dropped earlier
-HATCH_SPACING, HATCH_WIDTH = 6, 2  # pixels between hatch lines, and their width
+HATCH = {"/": (6, 2), "\\": (9, 2)}  # pixels between hatch lines and their width, per direction
 
 _INFERNO = np.array([  # anchor colours of a perceptually ordered map (dark -> bright)
     (0, 0, 4), (40, 11, 84), (101, 21, 110), (159, 42, 99), (212, 72, 66), (245, 125, 21), (250, 193, 39),
@@ -155,7 +155,8 @@ def hatch_mask(size: tuple[int, int], direction: str = "/") -> np.ndarray:
     w, h = size
     ys, xs = np.mgrid[0:h, 0:w]
     phase = (xs + ys) if direction == "/" else (xs - ys)
-    return (phase % HATCH_SPACING) < HATCH_WIDTH
+    spacing, width = HATCH[direction]
+    return (phase % spacing) < width
 
 
 def _paint_cell(arr: np.ndarray, box: tuple[int, int, int, int], paint: tuple, hatches: dict) -> None:
