@@ -105,7 +105,7 @@ def parameter_count(model_id: str) -> int | None:
         folder = _config_folder(model_id)
         if folder is None:
             return None
-        config = AutoConfig.from_pretrained(str(folder))
+        config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)  # never runs repository code
         with torch.device("meta"):
             model = AutoModelForImageTextToText.from_config(config)
         return sum(p.numel() for p in model.parameters())

@@ -173,3 +173,22 @@ def test_a_folder_is_counted_from_its_config_alone(tmp_path):
             checkpoints.config("qwen2-vl-2b", "narrow")).parameters())
     assert parameter_count(str(tmp_path / "qwen")) == expected
     assert parameter_count(str(tmp_path / "missing")) is None
+
+
+def test_a_folder_with_repository_code_is_never_run_for_an_estimate(tmp_path, monkeypatch):
+    """The estimate reads config.json with trust_remote_code=False: no code, no estimate, and no
+    question on the server's terminal (transformers asks one when the flag is left unset)."""
+    from transformers.models.auto import configuration_auto
+
+    asked = []
+    real = configuration_auto.resolve_trust_remote_code
+    monkeypatch.setattr(configuration_auto, "resolve_trust_remote_code",
+                        lambda trust, *a, **k: asked.append(trust) or real(trust, *a, **k))
+    marker = tmp_path / "ran"
+    folder = tmp_path / "remote"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "evil_v2drop", "auto_map": {
+        "AutoConfig": "evil.EvilConfig", "AutoModelForImageTextToText": "evil.EvilModel"}}))
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    assert parameter_count(str(folder)) is None
+    assert not marker.exists() and asked == [False]
