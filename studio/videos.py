@@ -17,9 +17,11 @@ __all__ = ["check_video_model", "check_num_frames", "load_video_file", "build_vi
 
 VIDEO_MODELS = "LLaVA-OneVision, Qwen2-VL and Qwen2.5-VL"
 MAX_VIDEO_FRAMES = 32
-#: what the app accepts (the library's defaults allow more): 100 MB, 5 minutes, 1080p
+#: what the app accepts (the library's defaults allow more): 100 MB, 5 minutes, 1080p (in the header and
+#: in every decoded frame), and 20 s of decoding per sampling (the operator's V2DROP_VIDEO_DECODE_SECONDS)
 APP_VIDEO_LIMITS = VideoLimits(max_bytes=100 * 1024 * 1024, max_duration=5 * 60.0, max_frames=18_000,
-                               max_pixels=1920 * 1080)
+                               max_pixels=1920 * 1080,
+                               max_decode_seconds=float(os.environ.get("V2DROP_VIDEO_DECODE_SECONDS") or 20))
 
 
 def check_video_model(model: torch.nn.Module, name: str | None = None) -> None:
@@ -36,8 +38,8 @@ def check_num_frames(num_frames: Any, max_frames: int = MAX_VIDEO_FRAMES) -> int
     """The frame count as an int in ``1 .. max_frames``; :class:`ChatInputError` otherwise."""
     try:
         n = int(num_frames)
-    except (TypeError, ValueError):
-        raise ChatInputError(f"The number of frames must be a whole number, got {num_frames!r}.") from None
+    except (TypeError, ValueError, OverflowError):  # not echoed: it may be anything, of any length
+        raise ChatInputError(f"The number of frames must be a whole number between 1 and {max_frames}.") from None
     if not 1 <= n <= max_frames:
         raise ChatInputError(f"The number of frames must be between 1 and {max_frames}, got {n}.")
     return n

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -47,7 +48,8 @@ class VideoLimits:
     max_bytes: int | None = 200 * 1024 * 1024     # file size
     max_duration: float | None = 10 * 60.0        # seconds
     max_frames: int | None = 36_000               # frames in the stream (10 min at 60 fps)
-    max_pixels: int | None = 3840 * 2160          # width * height of one frame (4K)
+    max_pixels: int | None = 3840 * 2160          # width * height of one frame (4K), header and every decoded frame
+    max_decode_seconds: float | None = None       # wall time decoding may take for one sampling
 
 
 @dataclass
@@ -123,7 +125,8 @@ def load_video(
     ``max_side`` shrinks frames whose longer side is larger (aspect kept), to bound memory;
     ``None`` keeps the decoded size (the processors resize anyway). ``name`` is used in error
     messages (defaults to the file name). Videos of more than ``seek_after`` frames are read by
-    seeking to each sampled frame instead of decoding every frame (``None``: never seek).
+    seeking to each sampled frame instead of decoding every frame, when that decodes fewer frames
+    (the keyframes decide; ``None``: never seek); ``extra["decoded_frames"]`` says how many were.
     Raises ``ValueError`` for anything that is not a readable, non-empty video within ``limits``.
     """
     import av  # imported here so that the rest of v2drop works without PyAV
@@ -136,11 +139,12 @@ def load_video(
         if total == 0:
             raise ValueError(f"{label} holds no video frames (the video stream is empty)")
         wanted = sample_indices(total, num_frames)
+        budget = _Budget(limits, label)
         decoded = None
-        if stream_info["frame_pts"] is not None and seek_after is not None and total > seek_after:
-            decoded = _decode_seeking(av, opener, wanted, stream_info["frame_pts"], label, max_side)
+        if _seeking_pays(stream_info, wanted, seek_after):
+            decoded = _decode_seeking(av, opener, wanted, stream_info["frame_pts"], budget, max_side)
         if decoded is None:
-            decoded = _decode(av, opener, wanted, label, max_side)
+            decoded = _decode(av, opener, wanted, budget, max_side)
         frames, timestamps, indices = decoded
     except ValueError:
         raise
@@ -157,8 +161,44 @@ def load_video(
     return DecodedVideo(
         frames=frames, timestamps=timestamps, indices=indices, total_frames=total, fps=float(fps),
         duration=float(duration), width=stream_info["width"], height=stream_info["height"],
-        container=stream_info["container"], codec=stream_info["codec"],
+        container=stream_info["container"], codec=stream_info["codec"], extra={"decoded_frames": budget.decoded},
     )
+
+
+class _Budget:
+    """What decoding one sampling may cost: every decoded frame is checked against the pixel limit
+    (the stream header can lie about the size: an MJPEG stream of 64×64 may carry 16000×16000 frames)
+    before it is converted, and the time spent against ``max_decode_seconds``; both stop at once."""
+
+    def __init__(self, limits: VideoLimits, label: str) -> None:
+        self.limits, self.label, self.decoded = limits, label, 0
+        self.deadline = None if limits.max_decode_seconds is None else time.monotonic() + limits.max_decode_seconds
+
+    def check(self, frame: Any) -> None:
+        self.decoded += 1
+        pixels, limit = frame.width * frame.height, self.limits.max_pixels
+        if limit is not None and pixels > limit:
+            raise ValueError(f"{self.label} has a frame of {frame.width}x{frame.height}, over the {limit:,}-pixel "
+                             "limit per frame")
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise ValueError(f"decoding {self.label} takes more than the {self.limits.max_decode_seconds:g} s this "
+                             "server allows for one video (its keyframes may be far apart); upload a shorter or "
+                             "smaller clip, or sample fewer frames")
+
+
+def _seeking_pays(info: dict, wanted: list[int], seek_after: int | None) -> bool:
+    """Whether seeking to each wanted frame decodes fewer frames than one pass from the start: each
+    seek lands on the keyframe before its frame and decodes from there, so a stream with one keyframe
+    would be decoded from the start once per sampled frame."""
+    frame_pts, keys = info["frame_pts"], info["keyframes"]
+    if frame_pts is None or seek_after is None or len(frame_pts) <= seek_after or not keys:
+        return False
+    cost, key = 0, 0
+    for index in wanted:
+        while key + 1 < len(keys) and keys[key + 1] <= index:
+            key += 1
+        cost += index - keys[key] + 1 if keys[key] <= index else index + 1
+    return cost < max(wanted) + 1
 
 
 class _opener:
@@ -231,11 +271,14 @@ def _count_frames(av: Any, opener: _opener, label: str, limits: VideoLimits) -> 
             raise ValueError(f"{label} has {header_frames} frames, over the {limits.max_frames} frame limit")
         count = 0
         pts: list[int | None] = []
+        key_pts: set[int | None] = set()
         for packet in container.demux(stream):
             if packet.size == 0 or packet.dts is None and packet.pts is None:
                 continue  # flush packets
             count += 1
             pts.append(packet.pts)
+            if packet.is_keyframe:
+                key_pts.add(packet.pts)
             if limits.max_frames is not None and count > limits.max_frames:
                 raise ValueError(f"{label} has more than {limits.max_frames} frames, over the limit for videos")
         if duration is None and fps:
@@ -244,12 +287,14 @@ def _count_frames(av: Any, opener: _opener, label: str, limits: VideoLimits) -> 
                 raise ValueError(f"{label} lasts {duration:.1f} s, over the {limits.max_duration:g} s limit for videos")
         # presentation order: the i-th displayed frame has the i-th smallest packet pts
         frame_pts = sorted(pts) if pts and None not in pts and len(set(pts)) == len(pts) else None
+        keyframes = [i for i, p in enumerate(frame_pts) if p in key_pts] if frame_pts else []
         info = {"fps": fps, "duration": duration, "width": width, "height": height, "frame_pts": frame_pts,
+                "keyframes": keyframes,
                 "container": container.format.name if container.format else "", "codec": ctx.name or ""}
         return count, info
 
 
-def _decode(av: Any, opener: _opener, wanted: list[int], label: str, max_side: int | None):
+def _decode(av: Any, opener: _opener, wanted: list[int], budget: _Budget, max_side: int | None):
     """Decode frames in order, keeping those at ``wanted``. If the decoder yields fewer frames
     than packets were counted (or the tail is damaged), the last decoded frame stands in for
     the missing ones, once."""
@@ -260,11 +305,12 @@ def _decode(av: Any, opener: _opener, wanted: list[int], label: str, max_side: i
     indices: list[int] = []
     last: tuple[int, Any] | None = None
     with opener.open(av) as container:
-        stream = _video_stream(container, label)
+        stream = _video_stream(container, budget.label)
         stream.thread_type = "AUTO"
         rate = float(stream.average_rate or 0) or 24.0
         try:
             for index, frame in enumerate(container.decode(stream)):
+                budget.check(frame)
                 last = (index, frame)
                 if index in want:
                     frames.append(_to_rgb(frame, max_side))
@@ -283,14 +329,14 @@ def _decode(av: Any, opener: _opener, wanted: list[int], label: str, max_side: i
     return frames, timestamps, indices
 
 
-def _decode_seeking(av: Any, opener: _opener, wanted: list[int], frame_pts: list[int], label: str,
+def _decode_seeking(av: Any, opener: _opener, wanted: list[int], frame_pts: list[int], budget: _Budget,
                     max_side: int | None):
     """Seek to the keyframe before each wanted frame and decode up to it. Returns None when the
     stream does not land on the expected timestamps (the caller then decodes sequentially)."""
     frames: list[Image.Image] = []
     timestamps: list[float] = []
     with opener.open(av) as container:
-        stream = _video_stream(container, label)
+        stream = _video_stream(container, budget.label)
         stream.thread_type = "AUTO"
         rate = float(stream.average_rate or 0) or 24.0
         for index in wanted:
@@ -301,6 +347,7 @@ def _decode_seeking(av: Any, opener: _opener, wanted: list[int], frame_pts: list
                 return None
             found = None
             for frame in container.decode(stream):
+                budget.check(frame)
                 if frame.pts is None:
                     return None
                 if frame.pts >= target:
