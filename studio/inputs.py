@@ -16,11 +16,12 @@ from typing import Any, Sequence
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = ["ChatInputError", "load_image", "check_prompt", "check_special_tokens", "build_messages", "build_inputs",
-           "image_region", "public_text", "MAX_PROMPT_CHARS", "MAX_IMAGE_SIDE", "MAX_IMAGE_PIXELS"]
+           "image_region", "public_text", "MAX_PROMPT_CHARS", "MAX_IMAGE_SIDE", "MAX_IMAGE_PIXELS", "MAX_DECODE_BYTES"]
 
 MAX_PROMPT_CHARS = 1000
 MAX_IMAGE_SIDE = 2048          # larger images are downscaled before the processor sees them
 MAX_IMAGE_PIXELS = 50_000_000  # PIL decompression-bomb limit applied while decoding uploads
+MAX_DECODE_BYTES = 160 * 2 ** 20  # what one decoded picture may take in memory (pixels × bytes per pixel)
 
 
 class ChatInputError(ValueError):
@@ -36,25 +37,47 @@ def load_image(source: str | os.PathLike | Image.Image | None, max_side: int = M
         raise ChatInputError("No image: upload an image (or pick an example) before asking a question.")
     notes: list[str] = []
     image = source if isinstance(source, Image.Image) else _decode_file(Path(source), max_side, max_pixels, notes)
+    if isinstance(source, Image.Image) and getattr(image, "n_frames", 1) > 1:
+        notes.append("Animated image: only its first frame is used.")
+    w, h = image.size
+    if w < 2 or h < 2:
+        raise ChatInputError(f"The image is only {w}×{h} pixels; upload a larger one.")
+    if max(w, h) > max_side:  # first, in the picture's own mode: nothing is converted at full size
+        image = _shrink(image, max_side)
+        notes.append(f"The image was {w}×{h} pixels; it was downscaled to {image.width}×{image.height}.")
     try:
         image = ImageOps.exif_transpose(image)
     except Exception:  # broken EXIF: keep the pixels as stored
         pass
-    if isinstance(source, Image.Image) and getattr(image, "n_frames", 1) > 1:
-        notes.append("Animated image: only its first frame is used.")
-    image = _to_rgb(image, notes)
+    return _to_rgb(image, notes), notes
+
+
+def _shrink(image: Image.Image, max_side: int) -> Image.Image:
+    """``image`` with its longer side brought down to ``max_side``, resampled in its own mode where
+    PIL can (16-bit, 32-bit, float, RGBA, …), so that no full-size converted copy is ever made."""
     w, h = image.size
-    if w < 2 or h < 2:
-        raise ChatInputError(f"The image is only {w}×{h} pixels; upload a larger one.")
-    if max(w, h) > max_side:
-        scale = max_side / max(w, h)
-        image = image.resize((max(2, round(w * scale)), max(2, round(h * scale))), Image.Resampling.LANCZOS)
-        notes.append(f"The image was {w}×{h} pixels; it was downscaled to {image.width}×{image.height}.")
-    return image, notes
+    scale = max_side / max(w, h)
+    size = (max(2, round(w * scale)), max(2, round(h * scale)))
+    if image.mode in ("P", "PA"):
+        image = image.convert("RGBA")
+    elif image.mode == "1":
+        image = image.convert("L")
+    try:
+        return image.resize(size, Image.Resampling.LANCZOS)
+    except ValueError:  # a mode PIL cannot resample (CMYK and the like): convert, then shrink
+        return image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+
+
+def _decoded_bytes(image: Image.Image) -> int:
+    """What PIL holds for ``image`` once decoded: 1 byte per pixel for 1/L/P, 2 for 16-bit greyscale,
+    4 for everything else (RGB is stored in 4 bytes too)."""
+    per_pixel = 1 if image.mode in ("1", "L", "P") else 2 if image.mode.startswith("I;16") else 4
+    return image.width * image.height * per_pixel
 
 
 def _decode_file(path: Path, max_side: int, max_pixels: int, notes: list[str]) -> Image.Image:
-    """The first frame of an image file, refused above ``max_pixels`` before any pixel is decoded."""
+    """The first frame of an image file, refused above ``max_pixels`` or :data:`MAX_DECODE_BYTES`
+    (from its header, before any pixel is decoded)."""
     if not path.is_file():
         raise ChatInputError(f"The image file {path.name!r} could not be found; upload it again.")
     old_limit = Image.MAX_IMAGE_PIXELS
@@ -69,9 +92,16 @@ def _decode_file(path: Path, max_side: int, max_pixels: int, notes: list[str]) -
                 if getattr(opened, "n_frames", 1) > 1:  # before copy(): a copy is one frame
                     notes.append("Animated image: only its first frame is used.")
                 opened.draft("RGB", (max_side, max_side))  # JPEG: decode at reduced size
+                if _decoded_bytes(opened) > MAX_DECODE_BYTES:
+                    raise ChatInputError(
+                        f"This image is too large to decode safely: {w}×{h} pixels in {opened.mode} would take "
+                        f"{_decoded_bytes(opened) / 2 ** 20:.0f} MB, over the {MAX_DECODE_BYTES / 2 ** 20:.0f} MB "
+                        "one picture may take. Please upload a smaller image.")
                 image = opened.copy()
                 image.load()
                 return image
+    except ChatInputError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ChatInputError(
             f"This image is too large to decode safely (over {max_pixels / 1e6:.0f} megapixels, the "
