@@ -25,7 +25,7 @@ from typing import Callable
 
 from v2drop.video import DecodedVideo
 
-__all__ = ["Session", "SessionStore", "StoreUsage", "FrameCache", "DEFAULT_ROOT", "folder_bytes"]
+__all__ = ["Session", "SessionStore", "SessionClosed", "StoreUsage", "FrameCache", "DEFAULT_ROOT", "folder_bytes"]
 
 DEFAULT_ROOT = Path(tempfile.gettempdir()) / "v2drop-studio"
 
@@ -38,6 +38,10 @@ class Session:
     id: str            # ours: unguessable, names the folder
     folder: Path
     last_used: float
+
+
+class SessionClosed(RuntimeError):
+    """The session was released (its tab closed, or it idled out) and is never reopened."""
 
 
 @dataclass(frozen=True)
@@ -72,12 +76,19 @@ class SessionStore:
         self._clock = clock
         self._lock = threading.Lock()
         self._sessions: OrderedDict[str, Session] = OrderedDict()
+        # released keys, remembered so that such a key is never reopened
+        self._released: OrderedDict[str, None] = OrderedDict()
+        self._leftovers: list[Path] = []  # released folders a running handler wrote into meanwhile
+        self.max_released = max(10_000, 20 * self.max_sessions)
 
     def open(self, key: str) -> Session:
         """The session for ``key`` (created on first use), marked as used now. Frees idle and
-        surplus sessions on the way, so the store never holds more than it may."""
+        surplus sessions on the way, so the store never holds more than it may. Raises
+        :class:`SessionClosed` for a key that was released."""
         now = self._clock()
         with self._lock:
+            if key in self._released or len(key) > 256:
+                raise SessionClosed(key)
             session = self._sessions.get(key)
             if session is None:
                 sid = secrets.token_urlsafe(18)
@@ -86,9 +97,10 @@ class SessionStore:
             session.last_used = now
             self._sessions.move_to_end(key)
             stale = self._stale_keys(now, keep=key)
+            session.folder.mkdir(parents=True, exist_ok=True)  # under the lock: release() cannot interleave
         for old in stale:
             self.release(old)
-        session.folder.mkdir(parents=True, exist_ok=True)
+        self._delete_leftovers()
         return session
 
     def _stale_keys(self, now: float, keep: str) -> list[str]:
@@ -103,11 +115,30 @@ class SessionStore:
             return
         with self._lock:
             session = self._sessions.pop(key, None)
-        if session is None:
-            return
+            if session is None:
+                return
+            self._released[key] = None
+            while len(self._released) > self.max_released:
+                self._released.popitem(last=False)
         shutil.rmtree(session.folder, ignore_errors=True)
+        if session.folder.exists():  # a file appeared while it was deleted: try again on the next open
+            with self._lock:
+                self._leftovers.append(session.folder)
         if self._on_release is not None:
             self._on_release(session)
+
+    def _delete_leftovers(self) -> None:
+        with self._lock:
+            leftovers, self._leftovers = self._leftovers, []
+        for folder in leftovers:
+            shutil.rmtree(folder, ignore_errors=True)
+            if folder.exists():
+                with self._lock:
+                    self._leftovers.append(folder)
+
+    def is_released(self, key: str | None) -> bool:
+        with self._lock:
+            return bool(key) and key in self._released
 
     def sweep(self) -> int:
         """Release every idle session; returns how many were released."""
@@ -115,6 +146,7 @@ class SessionStore:
             stale = self._stale_keys(self._clock(), keep="")
         for key in stale:
             self.release(key)
+        self._delete_leftovers()
         return len(stale)
 
     def release_all(self) -> None:
