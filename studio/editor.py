@@ -23,6 +23,7 @@ import warnings
 from typing import Any
 
 import gradio as gr
+from fastapi import HTTPException
 import numpy as np
 from gradio.components.base import server
 from gradio.components.image_editor import AcceptBlobs
@@ -67,7 +68,16 @@ class MarkEditor(gr.ImageEditor):
 
     @server
     def accept_blobs(self, data: AcceptBlobs) -> None:
-        """Gradio's blob store for a stroke, bounded: the oldest pending payloads go first."""
+        """Gradio's blob store for a stroke, bounded by count and bytes: a layer index beyond
+        :data:`MAX_LAYERS` is refused before Gradio pads the layer list up to it, background and
+        composite blobs (never read) are not kept, and the oldest pending payloads go first."""
+        fields = data.data if isinstance(data.data, dict) else {}
+        if fields.get("type") != "layer":
+            return None
+        index, key = str(fields.get("index", "")), fields.get("id")
+        if not (index.isdigit() and int(index) < MAX_LAYERS and isinstance(key, str) and 0 < len(key) <= 64
+                and len(data.files) == 1):
+            raise HTTPException(status_code=400, detail=f"A mark has at most {MAX_LAYERS} layers, sent one at a time.")
         super().accept_blobs(data)
         sizes = {key: sum(len(part or b"") for part in (blobs.background, blobs.composite, *blobs.layers))
                  for key, blobs in self.blob_storage.items()}
