@@ -78,6 +78,7 @@ class HostingPolicy:
     trusted: frozenset[str] = frozenset()
     public: bool = True
     blocked_dirs: tuple[Path, ...] = field(default_factory=upload_dirs)
+    monitoring: bool = False  # Gradio's /monitoring routes (per-endpoint counts and latencies)
 
     @property
     def remote_code_enabled(self) -> bool:
@@ -105,9 +106,15 @@ class HostingPolicy:
             return REFUSED_SHAPE
         if not self.allow_hub_ids:
             return REFUSED_UNLISTED
-        if Path(model_id).exists() and not self.allow_local_folders:
-            return REFUSED_UNLISTED  # a relative folder named like a hub id: same answer as any unlisted id
-        return None
+        return None  # loaded from the hub only (see hub_only): what exists on this disk changes nothing
+
+    def hub_only(self, model_id: str) -> bool:
+        """Whether ``model_id`` is a visitor's typed hub id, to be read from the hub (or its cache) only,
+        never from a relative folder of the same name here: such a folder would load, or fail with
+        another message, and tell a visitor which folders exist on the server."""
+        model_id = (model_id or "").strip()
+        return (not self.allow_local_folders and not looks_like_path(model_id) and model_id != EMBEDDED_ID
+                and model_id not in self.models and model_id not in self.trusted)
 
     def _folder_reason(self, model_id: str) -> str | None:
         path = _real(model_id)
@@ -126,7 +133,7 @@ class HostingPolicy:
         return (f"hosting: {'public' if self.public else 'local'}; {len(self.choices())} listed models; "
                 f"typed hub ids {'on' if self.allow_hub_ids else 'off'}; local folders "
                 f"{'on' if self.allow_local_folders else 'off'}; remote code for "
-                f"{', '.join(sorted(self.trusted)) or 'no model'}")
+                f"{', '.join(sorted(self.trusted)) or 'no model'}; monitoring {'on' if self.monitoring else 'off'}")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, host: str, env: Mapping[str, str] | None = None) -> "HostingPolicy":
@@ -139,9 +146,11 @@ class HostingPolicy:
                          else env.get("V2DROP_TRUST_REMOTE_CODE"))
         hub = _flag(args.allow_hub_ids, env.get("V2DROP_ALLOW_HUB_IDS"), default=not public)
         folders = _flag(args.allow_local_folders, env.get("V2DROP_ALLOW_LOCAL_FOLDERS"), default=False)
+        monitoring = _flag(getattr(args, "monitoring", None), env.get("V2DROP_MONITORING"), default=not public)
         models = tuple(dict.fromkeys([EMBEDDED_ID, *(listed if listed is not None else DEFAULT_MODELS)]))
         return cls(models=models, allow_hub_ids=hub, allow_local_folders=folders,
-                   trusted=frozenset(trusted or ()), public=public, blocked_dirs=upload_dirs(env))
+                   trusted=frozenset(trusted or ()), public=public, blocked_dirs=upload_dirs(env),
+                   monitoring=monitoring)
 
 
 def _split(text: str | None) -> list[str] | None:
@@ -177,3 +186,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--trust-remote-code", default=None, metavar="ID,ID,…",
                        help="models whose repository code may run (trust_remote_code); the page shows the "
                             "checkbox only when this is set (env V2DROP_TRUST_REMOTE_CODE; default: none)")
+    group.add_argument("--monitoring", dest="monitoring", action=argparse.BooleanOptionalAction, default=None,
+                       help="Gradio's /monitoring routes, which tell anyone per-endpoint request counts and "
+                            "latencies (env V2DROP_MONITORING; default: on for 127.0.0.1/localhost, off on a "
+                            "public host or Space)")

@@ -30,6 +30,10 @@ SUGGESTED_MODELS = [
 ]
 
 
+#: the files of a typed hub id that are fetched (no repository code: typed ids are never trusted)
+HUB_MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
+
+
 class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message says why in plain words."""
 
@@ -260,6 +264,15 @@ class ModelRegistry:
         """The model list's entry for ``model_id``: marked when it cannot fit in the memory budget."""
         return self.budget.label(model_id, self.load_dtype) if self.budget is not None else model_id
 
+    def _source(self, model_id: str) -> str:
+        """What to load ``model_id`` from: a visitor's typed hub id (``policy.hub_only``) from the hub or
+        its cache only, as a snapshot folder of the files a model needs; anything else as it is."""
+        hub_only = getattr(self.policy, "hub_only", None)
+        if hub_only is None or not hub_only(model_id):
+            return model_id
+        from huggingface_hub import snapshot_download
+        return snapshot_download(model_id, allow_patterns=HUB_MODEL_FILES)
+
     def _load_new(self, model_id: str, trust_remote_code: bool,
                   progress: Callable[[float, str], None] | None) -> LoadedModel:
         from v2drop.adapters import get_adapter
@@ -273,7 +286,7 @@ class ModelRegistry:
         report(0.05, f"Reading the configuration of {model_id}…")
         try:
             report(0.2, f"Loading the weights of {model_id} on {self.device} (this can take a while)…")
-            model, processor = load_model(model_id, device=self.device, dtype=self.dtype,
+            model, processor = load_model(self._source(model_id), device=self.device, dtype=self.dtype,
                                           trust_remote_code=trust_remote_code)
             report(0.85, "Checking that V²Drop can patch it…")
             get_adapter(model)
