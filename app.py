@@ -27,10 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from starlette.middleware import Middleware
 from transformers.utils import logging as transformers_logging
 
 from studio import zerogpu
 from studio.budget import MemoryBudget
+from studio.edge import EdgeGuard, event_inputs
 from studio.editor import MarkEditor, mark_brush
 from studio.handlers import Studio, notice
 from studio.hosting import HostingPolicy, add_arguments
@@ -40,6 +42,7 @@ from studio.pair import stream_pair
 from studio.registry import EMBEDDED_ID, ModelRegistry
 from studio.sessions import DEFAULT_ROOT, FrameCache, SessionStore
 from studio.state import PageState
+from studio.values import QuietSlider, whole_number
 from studio.videos import MAX_VIDEO_FRAMES, VIDEO_MODELS
 from studio.views import VISUAL_FIELDS
 from v2drop.resolution import CAPS
@@ -203,7 +206,7 @@ def _media_panel(studio: Studio, video_examples: dict) -> MediaPanel:
                         "of all frames together.")
             video_file = gr.File(label="Video (upload mp4, webm, mov, gif, …)", type="filepath",
                                  file_types=list(SUPPORTED_EXTENSIONS), elem_id="video-upload")
-            frames = gr.Slider(1, MAX_VIDEO_FRAMES, value=studio.registry.card(EMBEDDED_ID).default_frames, step=1,
+            frames = QuietSlider(1, MAX_VIDEO_FRAMES, value=studio.registry.card(EMBEDDED_ID).default_frames, step=1,
                                label="Frames sampled from the video", elem_id="num-frames")
             video_example = gr.Dropdown(
                 choices=[(f"{name} — {v.get('description', '')}", name) for name, v in video_examples.items()
@@ -241,7 +244,7 @@ def _run_panel(num_layers: int) -> RunPanel:
     with gr.Tabs(overflow_behavior="wrap"):  # every tab in view on a phone too
         with gr.Tab("Patches per layer"):
             with gr.Row():
-                layer = gr.Slider(0, num_layers - 1, value=0, step=1, label="Decoder layer", scale=5, elem_id="layer")
+                layer = QuietSlider(0, num_layers - 1, value=0, step=1, label="Decoder layer", scale=5, elem_id="layer")
                 play = gr.Button("▶ Play", scale=1, size="sm")
             caption = gr.Markdown()
             with gr.Row():
@@ -340,14 +343,17 @@ def _wire_media(studio: Studio, media: MediaPanel, chat: ChatPanel, state: gr.St
                         api_visibility="private", trigger_mode="always_last")
 
     def on_video_example(name: str | None):
-        if not name or not (VIDEOS_DIR / name).exists():
-            return gr.skip(), gr.skip()
+        if not isinstance(name, str) or name not in video_examples or not (VIDEOS_DIR / name).exists():
+            return gr.skip(), gr.skip()  # only the listed examples: a name is never a path
         return str(VIDEOS_DIR / name), video_examples.get(name, {}).get("question", gr.skip())
 
     def on_example(evt: gr.SelectData):
         """A gallery click: the example image goes in the upload box (a new chat), its question in the box."""
         shown = [(f, q) for f, q in EXAMPLES if (EXAMPLES_DIR / f).exists()]
-        name, question = shown[evt.index]
+        index = whole_number(getattr(evt, "index", None), 0, len(shown) - 1)
+        if index is None:  # not one of the gallery's pictures
+            return gr.skip(), gr.skip()
+        name, question = shown[index]
         return str(EXAMPLES_DIR / name), question
 
     media.video_example.input(on_video_example, [media.video_example], [media.video_file, chat.question],
@@ -531,7 +537,8 @@ def main(argv=None) -> None:
     print(f"V²Drop Studio on http://{args.host}:{args.port}", flush=True)
     demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_FILE_SIZE, show_error=False,
                 ssr_mode=False, css=CSS, allowed_paths=[str(EXAMPLES_DIR), str(VIDEOS_DIR)], footer_links=["api"],
-                state_session_capacity=args.max_sessions)
+                state_session_capacity=args.max_sessions, enable_monitoring=policy.monitoring,
+                app_kwargs={"middleware": [Middleware(EdgeGuard, events=event_inputs(demo))]})  # studio/edge.py
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from studio.lesson import expected_answer, model_note
 from studio.reason import owner_of
 from studio.summary import summarise_turn
 from studio.traps import load_sweep, preset_warning
-from studio.inputs import ChatInputError, check_prompt, check_special_tokens, image_region, load_image
+from studio.inputs import MAX_PROMPT_CHARS, ChatInputError, check_prompt, check_special_tokens, image_region, load_image
 from studio.editor import MarkEditor, mark_brush
 from studio.marks import editor_value, load_mask, mask_from_box, mask_from_editor, painted_share, save_mask
 from studio.matters import (BASELINES, NO_RUN_NOTE, baseline_label, chart_of, find_matters, matters_state,
@@ -42,7 +42,8 @@ from studio.matters import (BASELINES, NO_RUN_NOTE, baseline_label, chart_of, fi
 from studio.pair import PairEvent, prefill_trace, stream_pair
 from studio.registry import EMBEDDED_ID, LoadedModel, ModelCard, ModelLoadError, ModelRegistry
 from studio.schedules import nominal_vision_tokens, presets_for, schedule_summary
-from studio.sessions import FrameCache, Session, SessionStore
+from studio.sessions import FrameCache, Session, SessionClosed, SessionStore
+from studio.values import MAX_ID_CHARS, MAX_PICK_CHARS, MAX_SCHEDULE_CHARS, point, text_value, whole_number
 from studio.state import PageState
 from studio.videos import VIDEO_MODELS, check_num_frames, check_video_model, load_video_file
 from studio.views import Media, Visuals, dropped_image, layer_caption, layer_images, run_visuals
@@ -111,7 +112,11 @@ class Studio:
         """This visitor's session (its own folder), marked as used now."""
         key = getattr(request, "session_hash", None) or state.session_key or "local"
         state.session_key = key
-        return self.sessions.open(key)
+        try:
+            return self.sessions.open(key)
+        except SessionClosed:  # its tab closed (or it idled out) while this event waited: never reopened
+            raise gr.Error("This page's session has ended; reload the page to start again.",
+                           print_exception=False) from None
 
     def on_unload(self, request: gr.Request) -> None:
         """The tab was closed: free the session's files and frames at once."""
@@ -177,11 +182,17 @@ class Studio:
 
     def on_preset(self, name: str, state: PageState):
         card = self._card(state)
+        if not isinstance(name, str) or len(name) > MAX_PICK_CHARS:
+            return gr.skip(), gr.skip(), state
         text = next((t for n, t, _ in presets_for(card, card.is_embedded) if n == name), None) or state.schedule
         state.schedule = text
         return text, self.check_schedule(text, card, state)[1], state
 
     def on_schedule_edit(self, text: str, state: PageState):
+        try:
+            text = text_value(text, MAX_SCHEDULE_CHARS, "schedule")
+        except ChatInputError as err:  # neither stored nor echoed
+            return story.schedule_text(None, error=str(err)), state
         state.schedule = text or ""
         return self.check_schedule(text, self._card(state), state)[1], state
 
@@ -199,11 +210,11 @@ class Studio:
     def on_switch_model(self, model_id: str, trust: bool, state: PageState, progress=gr.Progress()):
         """Load a model for this session (the operator's policy decides what may be loaded); on
         failure keep the current one and say why. A load clears the chat, overlays and charts."""
-        model_id = (model_id or "").strip() or EMBEDDED_ID
         try:
+            model_id = text_value(model_id, MAX_ID_CHARS, "model id").strip() or EMBEDDED_ID
             entry = self.registry.load(model_id, trust_remote_code=bool(trust),
                                        progress=lambda f, m: progress(f, desc=m))
-        except ModelLoadError as err:
+        except (ModelLoadError, ChatInputError) as err:
             current = self._card(state)
             return (gr.Dropdown(value=current.model_id), self.model_info(current), gr.skip(), gr.skip(), gr.skip(),
                     notice(f"{err} The current model ({current.model_id}) stays loaded.", "error"), state,
@@ -339,7 +350,7 @@ class Studio:
     # ------------------------------------------------------------------------ chat
     def _prepare(self, question: str, image_file: str | None, state: PageState, session: Session) -> Turn:
         """Check everything a turn needs; :class:`ChatInputError` / :class:`ModelLoadError` say what is wrong."""
-        question = check_prompt(question)
+        question = check_prompt(text_value(question, MAX_PROMPT_CHARS * 4, "question"))
         notes: list[str] = []
         if image_file and image_file != state.image_src:  # an API call that brings its image
             notes = self._take_image(image_file, state, session)
@@ -624,9 +635,11 @@ class Studio:
         sample = trace.samples[0]
         text = self._update_matters(state, session, trace, media, state.turns_full[-1][0])
         drops = sorted(sample.kept)
-        layer = int(layer) if layer is not None else (drops[-1] if drops else 0)
+        layer = whole_number(layer, 0, trace.num_layers - 1)
+        layer = layer if layer is not None else (drops[-1] if drops else 0)
         kept, heat = layer_images(media, sample, layer)
-        drop_layer = int(drop_layer) if drop_layer is not None else (drops[0] if drops else None)
+        drop_layer = whole_number(drop_layer, 0, trace.num_layers - 1)
+        drop_layer = drop_layer if drop_layer is not None else (drops[0] if drops else None)
         dropped = dropped_image(media, sample, drop_layer) if drop_layer in sample.kept else None
         return kept, heat, dropped, chart_of(state.matters), text, state.trace_file
 
@@ -748,32 +761,35 @@ class Studio:
 
     def on_layer(self, layer: float, state: PageState):
         run = self._last_run(state)
-        if run is None:
+        layer = whole_number(layer, 0, run[0].num_layers - 1) if run is not None else None
+        if run is None or layer is None:
             return None, None, ""
         sample = run[0].samples[0]
-        kept, heat = layer_images(run[1], sample, int(layer))
-        return kept, heat, layer_caption(sample, int(layer), heat is not None)
+        kept, heat = layer_images(run[1], sample, layer)
+        return kept, heat, layer_caption(sample, layer, heat is not None)
 
     def on_drop_layer(self, layer: Any, state: PageState):
+        layer = whole_number(layer, 0, 10_000)
         run = self._last_run(state) if layer is not None else None
-        if run is None or int(layer) not in run[0].samples[0].kept:
+        if run is None or layer not in run[0].samples[0].kept:
             return None
-        return dropped_image(run[1], run[0].samples[0], int(layer))
+        return dropped_image(run[1], run[0].samples[0], layer)
 
     def on_tick(self, layer: float, state: PageState):
         if not state.stats:
             return gr.skip(), gr.Timer(active=False), "▶ Play"
         last = self._card(state).num_layers - 1
-        nxt = int(layer) + 1
+        nxt = (whole_number(layer, 0, last) or 0) + 1
         if nxt >= last:
             return last, gr.Timer(active=False), "▶ Play"
         return nxt, gr.Timer(active=True), "⏸ Pause"
 
     def on_play(self, label: str, layer: float, state: PageState):
-        if not state.stats or label.startswith("⏸"):
+        if not state.stats or not isinstance(label, str) or label.startswith("⏸"):
             return gr.skip(), gr.Timer(active=False), "▶ Play"
         last = self._card(state).num_layers - 1
-        return (0 if int(layer) >= last else gr.skip()), gr.Timer(active=True), "⏸ Pause"
+        shown = whole_number(layer, 0, last)
+        return (0 if shown is None or shown >= last else gr.skip()), gr.Timer(active=True), "⏸ Pause"
 
 
 def _remove(path: str | None) -> None:

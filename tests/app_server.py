@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import urllib.request
+from typing import Any
 
 from studio.app_process import AppProcess
 
@@ -29,3 +30,45 @@ def raw_call(server: AppServer, api: str, data: list, timeout: float = 240) -> s
         event_id = json.loads(reply.read())["event_id"]
     with urllib.request.urlopen(server.url + f"gradio_api/call/{api}/{event_id}", timeout=timeout) as reply:
         return reply.read().decode()
+
+
+def fn_index(server: AppServer, name: str) -> int:
+    """The index of the page's event whose ``api_name`` is ``name`` (private events included), as the
+    browser sends it to the queue."""
+    with urllib.request.urlopen(server.url + "config", timeout=10) as reply:
+        config = json.loads(reply.read())
+    for index, dependency in enumerate(config["dependencies"]):
+        if dependency.get("api_name") == name:
+            return index
+    raise KeyError(name)
+
+
+def queue_call(server: AppServer, fn: int | str, data: list, session_hash: str | None = None,
+               event_data: Any = None, timeout: float = 120, body: bytes | None = None) -> list[dict]:
+    """Join the queue as the page does (any event, private ones too, by index or api_name) and read
+    the session's event stream until this event completes; returns the messages. ``body`` replaces
+    the JSON body (e.g. to send what no JSON encoder writes, such as NaN)."""
+    import secrets
+
+    session_hash = session_hash or secrets.token_hex(8)
+    index = fn if isinstance(fn, int) else fn_index(server, fn)
+    payload = body if body is not None else json.dumps(
+        {"data": data, "fn_index": index, "session_hash": session_hash, "event_data": event_data,
+         "trigger_id": None}).encode()
+    request = urllib.request.Request(server.url + "gradio_api/queue/join", data=payload, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        event_id = json.loads(reply.read())["event_id"]
+    messages = []
+    with urllib.request.urlopen(server.url + f"gradio_api/queue/data?session_hash={session_hash}",
+                                timeout=timeout) as stream:
+        for line in stream:
+            if not line.startswith(b"data:"):
+                continue
+            message = json.loads(line[5:])
+            if message.get("event_id") not in (None, event_id):
+                continue
+            messages.append(message)
+            if message.get("msg") in ("process_completed", "close_stream", "unexpected_error"):
+                break
+    return messages
