@@ -7,9 +7,9 @@
 It uploads exactly what the Space runs (:data:`RUNTIME`: ``app.py``, the README whose front matter
 configures the Space, ``requirements.txt``, ``.gitattributes``, the packages ``v2drop``, ``studio``,
 ``visualize`` and ``shapes``, and ``assets/`` with the embedded model's weights), the files there that
-git tracks or does not ignore (``--dry-run`` lists them), in one commit that also deletes whatever else the Space holds. The hub stores the weights
-and every other large or binary file through LFS on its side. Tests, docs, benchmarks and local
-environments stay behind.
+git tracks or does not ignore (``--dry-run`` lists them), in one commit that also deletes whatever
+else the Space holds. The hub stores the weights and every other large or binary file through LFS
+on its side. Tests, docs, benchmarks and local environments stay behind.
 
 Why not ``git push``: the hub refuses a push whose history holds a file over 10 MB outside LFS, and
 this repository's history holds eight plain-git versions of ``assets/shapes-llava/model.safetensors``

@@ -227,5 +227,6 @@ def test_the_image_holds_the_space_files_and_not_the_tests():
     assert not any(p.startswith("!") for p in patterns)  # the matcher below has no exceptions
     missing = [f.path for f in deploy.upload_set() if _ignored(f.path, patterns)]
     assert missing == []
-    for left_out in ("tests/test_deploy.py", "docs/app.md", ".venv/bin/python", "studio/__pycache__/app.cpython-311.pyc"):
+    for left_out in ("tests/test_deploy.py", "docs/app.md", ".venv/bin/python",
+                     "studio/__pycache__/app.cpython-311.pyc"):
         assert _ignored(left_out, patterns), left_out

@@ -161,7 +161,8 @@ def test_every_model_run_happens_inside_a_decorated_call(zero_server):
     for kind, name, seconds in (e for e in entries if e[0] == "call"):
         calls.setdefault(name, []).append(seconds)
     assert set(calls) == set(wrapped)  # each one ran, and asked for its own duration
-    assert all(zerogpu.MIN_SECONDS <= s <= zerogpu.MAX_SECONDS and isinstance(s, int) for v in calls.values() for s in v)
+    seconds = [s for values in calls.values() for s in values]
+    assert all(zerogpu.MIN_SECONDS <= s <= zerogpu.MAX_SECONDS and isinstance(s, int) for s in seconds)
     forwards = [e for e in entries if e[0] == "forward"]
     assert forwards, "no model ran: the test drove nothing"
     outside = [e[1] for e in forwards if not e[2]]
