@@ -143,34 +143,38 @@ def _depth(model: torch.nn.Module) -> int:
 
 
 def _cell(row: SweepRow | None) -> str:
+    """"no ❌ 0 %": the answer, its verdict, the share of the tokens that matter alive."""
     if row is None:
         return "–"
     mark = "" if row.right is None else (" ✅" if row.right else " ❌")
-    alive = "" if row.alive_share is None else f" · {100 * row.alive_share:.0f} % alive"
+    alive = "" if row.alive_share is None else f" {100 * row.alive_share:.0f} %"
     return f"{row.answer or '(empty)'}{mark}{alive}"
 
 
 def sweep_markdown(sweep: LayerSweep, whose: str = "the objects'") -> str:
-    """The sweep as a Markdown table: one line per first layer, one column per method."""
+    """The sweep as a narrow Markdown table (it must fit a phone): one line per first layer, one
+    column per method; the schedules follow the table."""
     methods = list(dict.fromkeys(r.method for r in sweep.rows))
     expected = f" Expected: **{sweep.expected}**." if sweep.expected else ""
     unpruned = f"{sweep.unpruned}" + ("" if sweep.expected is None else
                                       (" ✅" if is_right(sweep.unpruned, sweep.expected) else " ❌"))
-    alive = (f" “alive” = share of {whose} {sweep.tokens} patches still processed right after the first drop."
-             if sweep.tokens else " Mark what matters (or pick a gallery scene) to see how much of it survives.")
+    alive = (f" Each cell: the answer, and the share of {whose} {sweep.tokens} patches still processed right "
+             "after the first drop." if sweep.tokens
+             else " Each cell: the answer. Mark what matters (or pick a gallery scene) to see how much of it survives.")
     lines = [f"**“{sweep.question}”** at {100 * sweep.budget:.0f} % of the vision tokens on layer average (the "
              f"budget of `{sweep.reference}`), first drop at every layer that can reach it. Unpruned: "
              f"**{unpruned}**.{expected} Random: one draw, seed {sweep.seed}.{alive}", "",
-             "| first drop layer | schedule | " + " | ".join(METHOD_LABELS.get(m, m) for m in methods) + " |",
-             "|---|---|" + "---|" * len(methods)]
-    for first in sorted({r.first_layer for r in sweep.rows}):
-        rows = [sweep.row(first, m) for m in methods]
-        lines.append(f"| {first} | `{rows[0].schedule if rows[0] else ''}` | "
-                     + " | ".join(_cell(r) for r in rows) + " |")
+             "| first drop | " + " | ".join(METHOD_LABELS.get(m, m) for m in methods) + " |",
+             "|---|" + "---|" * len(methods)]
+    firsts = sorted({r.first_layer for r in sweep.rows})
+    for first in firsts:
+        lines.append(f"| {first} | " + " | ".join(_cell(sweep.row(first, m)) for m in methods) + " |")
+    schedules = ", ".join(f"{first}: `{sweep.row(first, methods[0]).schedule}`" for first in firsts)
+    lines.append(f"\nSchedules (the benchmark sweep's rule, the same for every method): {schedules}.")
     if sweep.unreachable:
-        lines.append(f"\nFirst drop at layer {', '.join(map(str, sweep.unreachable))}: the budget cannot be "
+        lines.append(f"First drop at layer {', '.join(map(str, sweep.unreachable))}: the budget cannot be "
                      "reached (dropping everything there keeps more).")
-    lines.append(f"\n{len(sweep.rows)} runs in {sweep.seconds:.1f} s.")
+    lines.append(f"{len(sweep.rows)} runs in {sweep.seconds:.1f} s.")
     return "\n".join(lines)
 
 

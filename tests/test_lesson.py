@@ -233,7 +233,8 @@ def test_the_sweep_chart_and_table(embedded):
     assert list(v2.y) == [1.0, 0.0] and list(v2.marker.symbol) == ["circle", "x"]
     assert len({tuple(t.x) for t in fig.data}) == 2, "methods side by side, never one line on another"
     table = sweep_markdown(sweep, "the star's")
-    assert "| 2 | `2:0.5` | no ❌ · 0 % alive | orange ✅ · 25 % alive |" in table and "seed 9" in table
+    assert "| 2 | no ❌ 0 % | orange ✅ 25 % |" in table and "seed 9" in table
+    assert "1: `1:0.6`, 2: `2:0.5`" in table and "layer 3: the budget cannot be reached" in table
     assert tie_sentence(sweep, "the star") == ("Your question (“what color is the star ?”) with V²Drop, first drop "
                                                "at layer 1: the star kept, “orange” ✅; at layer 2: the star lost, "
                                                "“no” ❌.")

@@ -82,7 +82,8 @@ def test_the_one_click_sweep_runs_the_question_at_every_first_layer(server):
     table, chart, tie = client.predict(api_name="/layer_sweep")
     lines = {int(m.group(1)): m.group(0) for m in re.finditer(r"^\| (\d) \| .*$", table, re.M)}
     assert sorted(lines) == [1, 2, 3], table       # 4..7 cannot reach the budget of 2:0.6,4:0.5,6:0.3
-    assert "no ❌ · 0 % alive" in lines[2] and "orange ✅ · 100 % alive" in lines[3]
+    assert "| no ❌ 0 % |" in lines[2] and "| orange ✅ 100 % |" in lines[2 + 1]
+    assert "2: `2:0.5391,4:0.5391,6:0.5391`" in table
     assert "Random: one draw, seed" in table and "Expected: **orange**" in table
     assert "at layer 2: the star lost" in tie and "at layer 3: the star kept" in tie
     assert chart is not None

@@ -35,10 +35,11 @@ def layer_sweep_chart(sweep: Mapping[str, Any]) -> go.Figure | None:
                                  marker=dict(symbol=symbols, size=12, line=dict(width=1, color="#222")),
                                  hovertext=text, hoverinfo="text"))
     layers = sorted({r["first_layer"] for r in rows})
-    fig.update_layout(
-        title=dict(text=f"Your question at {100 * sweep['budget']:.0f} % budget: first drop layer moved "
-                        "(● right, ✕ wrong)", font=dict(size=13), x=0, xanchor="left"),
-        height=320, margin=dict(l=60, r=20, t=50, b=50), legend=dict(orientation="h", y=-0.25),
+    fig.update_layout(   # short title, legend above the plot: nothing to cut or overlap at 390 px
+        title=dict(text=f"{100 * sweep['budget']:.0f} % budget · ● right · ✕ wrong", font=dict(size=13), x=0,
+                   xanchor="left"),
+        height=340, margin=dict(l=60, r=20, t=70, b=50),
+        legend=dict(orientation="h", x=0, xanchor="left", y=1.02, yanchor="bottom"),
         xaxis=dict(title="first drop layer", tickvals=layers),
         yaxis=dict(title="object patches alive" if by_tokens else "answer right", range=[-0.05, 1.05],
                    tickformat=".0%" if by_tokens else None))
