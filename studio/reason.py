@@ -18,7 +18,7 @@ from typing import Sequence
 
 from v2drop.trace import SampleTrace
 
-__all__ = ["Loss", "first_loss", "what_happened", "owner_of"]
+__all__ = ["Loss", "first_loss", "what_happened", "owner_of", "variation_line"]
 
 
 @dataclass(frozen=True)
@@ -93,3 +93,16 @@ def what_happened(sample: SampleTrace, tokens: Sequence[int], objects: Sequence[
     count = (f"all {loss.total} of {whose} patches" if loss.lost_by_then == loss.total
              else f"{loss.lost_by_then} of {whose} {loss.total} patches")
     return f"{method} dropped {count} before layer {loss.layer}{_variation(loss)}."
+
+
+def variation_line(sample: SampleTrace, tokens: Sequence[int], objects: Sequence[dict], source: str) -> str:
+    """"At the first drop (layer 2), the star's patches changed 20 vs 42 for the rest of the picture.":
+    the object-vs-background variation of this run, shown with every answer whose tokens are known."""
+    if not tokens or not sample.kept:
+        return ""
+    first = min(sample.kept)
+    inside, outside = _mean_scores(sample, first, set(tokens))
+    if inside is None or outside is None:
+        return ""
+    return (f"At the first drop (layer {first}), {owner_of(objects, source)} patches changed {_number(inside)} vs "
+            f"{_number(outside)} for the rest of the picture (variation ‖h_l − h_(l−1)‖₂; V²Drop keeps the highest).")

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 from studio.lesson import is_right, verdict_line
-from studio.reason import what_happened
+from studio.reason import variation_line, what_happened
 from v2drop.trace import SampleTrace
 
 __all__ = ["TurnSummary", "summarise_turn", "turn_tags"]
@@ -55,6 +55,10 @@ def summarise_turn(full: str, drop: str, expected: str | None, schedule: str, sa
             reason = ("V²Drop's answer differs, and the app does not know which patches matter here: mark them "
                       "(the *What matters* tab) to see whether it dropped them.")
         lines.append(f"💡 Why: {reason}")
+    if matters and matters.get("tokens") and sample is not None:
+        line = variation_line(sample, matters["tokens"], matters.get("objects", []), matters.get("source", ""))
+        if line:
+            lines.append(f"📈 {line}")
     lines.append(f"V²Drop ran `{schedule}`" + (f"; the random baseline's seed for this run: {seed}." if seed is not None
                                               else "."))
     return TurnSummary(full_tag, drop_tag, "\n\n".join(lines), reason)

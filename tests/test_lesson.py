@@ -123,6 +123,8 @@ def test_the_summary_gives_the_reason_only_when_v2drop_differs_or_is_wrong():
     assert differs.drop_tag == "❌ wrong (expected orange) · V²Drop at `2:0.5`"
     same = summary.summarise_turn("orange", "orange", "orange", "2:0.5", sample, matters)
     assert same.reason == "" and "Why" not in same.markdown
+    assert ("At the first drop (layer 2), the star's patches changed 2 vs 30 for the rest of the picture"
+            in same.markdown), "the object-vs-background variation, with every answer whose objects are known"
     unknown = summary.summarise_turn("a cat", "a dog", None, "2:0.5", sample, None, note="not a gallery scene")
     assert "Expected" not in unknown.markdown and "mark them" in unknown.reason and "⚠️ not a gallery" in unknown.markdown
 
