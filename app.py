@@ -183,7 +183,7 @@ def _model_panel(studio: Studio, policy: HostingPolicy) -> ModelPanel:
         load = gr.Button("Load model", size="sm")
         info = gr.Markdown(studio.model_info(card))
     with gr.Accordion("Drop schedule", open=True):
-        preset = gr.Dropdown(choices=studio.preset_choices(card), value=first, label="Preset")
+        preset = gr.Dropdown(choices=studio.preset_choices(card), value=first, label="Preset", elem_id="preset")
         schedule = gr.Textbox(text, label="Drop layers and keep ratios (layer:keep_ratio, …)",
                               info="keep_ratio = the share of the still-alive vision tokens kept at that layer "
                                    "(0-based decoder layer; ratios compound)", elem_id="schedule")

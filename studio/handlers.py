@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import threading
@@ -61,8 +62,18 @@ CUSTOM_PRESET = ("custom — your own schedule (edited)", "custom")  # the Prese
 
 
 def notice(text: str, kind: str = "info") -> str:
+    """A line for the page (markdown) with its icon. Angle brackets outside `code` are shown as
+    text: a message that quotes ``<image>`` must show it, not hand it to the browser as a tag."""
     icon = {"info": "ℹ️", "warn": "⚠️", "error": "❌", "ok": "✅"}[kind]
-    return f"{icon} {text}" if text else ""
+    return f"{icon} {as_text(text)}" if text else ""
+
+
+def as_text(text: str) -> str:
+    """``text`` with ``<`` and ``>`` outside backtick code spans written as entities (markdown
+    shows them as they are; inside a code span they are text already)."""
+    parts = re.split(r"(`[^`]*`)", text)
+    return "".join(p if p.startswith("`") and p.endswith("`") and len(p) > 1 else
+                   p.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") for p in parts)
 
 
 def messages(turns: list, pending: tuple[str, str] | None = None, tags: list[str] | None = None) -> list[dict[str, str]]:
@@ -430,7 +441,7 @@ class Studio:
         for name, text, _ in presets_for(card, card.is_embedded):
             try:
                 if mine is not None and str(DropSchedule.parse(text)) == mine:
-                    return gr.Dropdown(value=name)
+                    return gr.Dropdown(choices=self.preset_choices(card), value=name)
             except ValueError:
                 continue
         return gr.Dropdown(choices=self.preset_choices(card) + [CUSTOM_PRESET], value=CUSTOM_PRESET[1])
@@ -639,7 +650,8 @@ class Studio:
         layer = layer if layer is not None else (drops[-1] if drops else 0)
         kept, heat = layer_images(media, sample, layer)
         drop_layer = whole_number(drop_layer, 0, trace.num_layers - 1)
-        drop_layer = drop_layer if drop_layer is not None else (drops[0] if drops else None)
+        if drop_layer not in sample.kept:  # none picked, or the previous run's layer: the first drop layer
+            drop_layer = drops[0] if drops else None
         dropped = dropped_image(media, sample, drop_layer) if drop_layer in sample.kept else None
         return kept, heat, dropped, chart_of(state.matters), text, state.trace_file
 

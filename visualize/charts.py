@@ -97,7 +97,7 @@ def performance_chart(full: Mapping[str, Any], drop: Mapping[str, Any]) -> go.Fi
     fig.update_xaxes(showticklabels=False)
     fig.update_annotations(font_size=11)
     memory = full.get("memory_kind") or drop.get("memory_kind") or ""
-    note = "<br><sup>peak memory: the process RSS (CPU, shared by both runs)</sup>" if memory == "process_rss" else ""
+    note = "<br><sup>peak memory: process RSS, shared by both runs</sup>" if memory == "process_rss" else ""
     fig = _layout(fig, "Unpruned vs V²Drop" + note, 440)
     return fig.update_layout(margin=dict(t=100, b=50), legend=dict(orientation="h", y=-0.06, yanchor="top"))
 
@@ -312,7 +312,7 @@ def sweep_chart(sweep: Mapping[str, Any]) -> go.Figure:
     model = str(sweep.get("model", "model")).rstrip("/").split("/")[-1]
     title = (f"Drop-layer sweep: {model}<br><sup>{sweep.get('n', '?')} questions"
              + (f" · unpruned {100 * unpruned:.1f} %" if unpruned is not None else "")
-             + "<br>budget: share of the vision tokens kept (layer average)</sup>")
+             + "<br>budget: vision tokens kept, layer average</sup>")
     _layout(fig, title, 680)
     return fig.update_layout(margin=dict(l=60, r=15, t=125, b=110), legend=dict(orientation="h", y=-0.12, x=0,
                              yanchor="top", font_size=12))
