@@ -119,6 +119,7 @@ class MediaPanel:
     video_example: Any
     video_preview: Any
     image_info: Any = None   # vision tokens of this image under the image cap
+    video_info: Any = None   # under the video upload: why a video was refused, or that the model takes none
 
 
 @dataclass
@@ -206,6 +207,7 @@ def _media_panel(studio: Studio, video_examples: dict) -> MediaPanel:
                         "of all frames together.")
             video_file = gr.File(label="Video (upload mp4, webm, mov, gif, …)", type="filepath",
                                  file_types=list(SUPPORTED_EXTENSIONS), elem_id="video-upload")
+            video_info = gr.Markdown(elem_id="video-info")
             frames = QuietSlider(1, MAX_VIDEO_FRAMES, value=studio.registry.card(EMBEDDED_ID).default_frames, step=1,
                                label="Frames sampled from the video", elem_id="num-frames")
             video_example = gr.Dropdown(
@@ -215,7 +217,7 @@ def _media_panel(studio: Studio, video_examples: dict) -> MediaPanel:
             video_preview = gr.Image(label="Sampled frames (what the model sees)", interactive=False,
                                      elem_id="video-preview", format="png")
     return MediaPanel(image_tab, image_file, preview, video_tab, video_file, frames, video_example, video_preview,
-                      image_info)
+                      image_info, video_info)
 
 
 def _chat_panel() -> ChatPanel:
@@ -324,7 +326,8 @@ def _wire_model(studio: Studio, model: ModelPanel, media: MediaPanel, chat: Chat
                      [model.dropdown, model.info, model.preset, model.schedule, model.schedule_info, note, state,
                       media.frames, chat.full, chat.drop] + run.visual_outputs(),
                      api_name="switch_model", **model_job
-                     ).then(studio.image_info, [state], [media.image_info], api_name=False)
+                     ).then(studio.image_info, [state], [media.image_info], api_name=False
+                            ).then(studio.video_info, [state], [media.video_info], api_visibility="private")
 
 
 def _wire_media(studio: Studio, media: MediaPanel, chat: ChatPanel, state: gr.State, note: gr.Markdown,
@@ -337,7 +340,8 @@ def _wire_media(studio: Studio, media: MediaPanel, chat: ChatPanel, state: gr.St
                                                  [chat.summary, chat.sweep_table, chat.sweep_chart],
                                                  api_name="summary_after_image", api_visibility="private")
     media.video_file.change(studio.on_video, [media.video_file, media.frames, state], [media.video_preview] + panes,
-                            api_name="set_video")
+                            api_name="set_video"
+                            ).then(studio.video_info, [state], [media.video_info], api_visibility="private")
     # also fires when loading a model sets its default frame count: the video is sampled again
     media.frames.change(studio.on_video, [media.video_file, media.frames, state], [media.video_preview] + panes,
                         api_visibility="private", trigger_mode="always_last")

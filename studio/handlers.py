@@ -331,8 +331,9 @@ class Studio:
             _remove(state.video)
             state.video = state.video_src = None
             reason = str(err) if isinstance(err, ChatInputError) else "The video could not be stored; upload it again."
+            state.video_error = reason  # also under the upload box (video_info), where the visitor looks
             return None, [], [], notice(reason, "error"), state
-        state.media = "video"
+        state.media, state.video_error = "video", None
         text = (f"New video: {len(video)} frames sampled of {video.total_frames} ({video.duration:.1f} s, "
                 f"{video.width}×{video.height}). A new conversation starts.")
         kind = "info"
@@ -342,6 +343,19 @@ class Studio:
             text, kind = f"{err}", "warn"
         sheet = overlay.contact_sheet(video.frames, video.timestamps, size=160, per_row=4)
         return sheet, [], [], notice(text, kind), state
+
+    def video_info(self, state: PageState) -> str:
+        """The line under the video upload: why the last video was refused, or that the current
+        model takes no video (the same words as the notice at the top, where the visitor is)."""
+        if state.video_error:
+            return notice(state.video_error, "error")
+        if not state.video:
+            return ""
+        try:
+            check_video_model(self._card(state), state.model_id)
+        except ChatInputError as err:
+            return notice(str(err), "warn")
+        return ""
 
     def on_media_tab(self, media: str, state: PageState):
         """Switching between the Image and Video tabs switches what the chat is about."""

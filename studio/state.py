@@ -42,6 +42,7 @@ class PageState:
     baseline_file: str | None = None         # its trace for the last run (JSON in the session's folder)
     matters: dict | None = None              # the what-matters chart's data for the last run (studio.matters)
     upload_error: str | None = None          # why the last upload was refused (shown beside the upload box too)
+    video_error: str | None = None           # the same for the last video upload
     turn_notes: list[tuple[str, str]] = field(default_factory=list)  # per turn: (unpruned, V²Drop) truth + schedule
     summary: str = ""                        # the last run's summary: expected answer, right/wrong, the reason
     seed: int | None = None                  # the random baseline's seed for the last run (fresh per run)

@@ -107,3 +107,16 @@ def test_a_mark_redrawn_with_the_previous_runs_drop_layer(studio):
     kept, heat, dropped, chart, note, *_ = studio.on_mark_box(100, 100, 200, 200, 4, 2, state, None)
     assert dropped is not None and dropped.size[0] > 100        # layer 2 is not a drop layer: layer 3's picture
     assert state.mark_file and "Hand-marked" in note and chart is not None
+
+
+def test_a_refused_video_is_explained_under_the_video_box(studio, tmp_path):
+    state = studio.initial_state()
+    corrupt = tmp_path / "broken.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 50)
+    preview, _, _, note, _ = studio.on_video(str(corrupt), 4, state, None)
+    assert preview is None and note.startswith("❌")
+    assert studio.video_info(state) == note and str(tmp_path) not in note
+    video = Path(__file__).resolve().parents[1] / "assets" / "videos" / "moving_shapes.mp4"
+    studio.on_video(str(video), 4, state, None)   # a good video, but the embedded model takes none: said there too
+    line = studio.video_info(state)
+    assert line.startswith("⚠️") and "takes no video" in line

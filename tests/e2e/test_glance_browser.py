@@ -7,8 +7,8 @@ embedded model (like test_browser.py).
 - pictures: no label or button covers an overlay's top row; no empty video timeline on an image run;
 - bugs seen: a question with ``<image>`` is refused with the token shown as text; a brush mark, then
   Send with other drop layers, gives no error and keeps the mark; a hand-edited schedule puts
-  "custom" in the Preset box; a corrupt upload is explained under the upload box; a refused
-  question leaves no chart of the previous run.
+  "custom" in the Preset box; a corrupt image or video is explained under its upload box; a
+  refused question leaves no chart of the previous run.
 
 Saves results/e2e/glance-{desktop,phone}-*.png.
 """
@@ -172,5 +172,13 @@ def test_the_bugs_seen_stay_fixed(browser, server, size, tmp_path):
     page.get_by_role("tab", name="Performance").click()
     page.wait_for_function("() => !document.querySelector('#perf-chart .main-svg')")  # no stale chart
     assert page.locator("#alive-chart .main-svg").count() == 0
+
+    video = tmp_path / "broken.mp4"  # a corrupt video: explained under the video upload too
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 50)
+    page.get_by_role("tab", name="Video").click()
+    page.locator("#video-upload input[type=file]").set_input_files(str(video))
+    page.wait_for_function("() => document.querySelector('#video-info')?.innerText.includes('❌')")
+    page.locator("#video-info").scroll_into_view_if_needed()
+    assert _in_view(page, "#video-info") and _in_view(page, "#video-upload")
     assert "Traceback" not in page.content()
     page.close()
