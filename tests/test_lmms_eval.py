@@ -132,6 +132,27 @@ def test_a_tiny_qwen2_vl_runs_the_task_under_a_baseline(task_dir, tmp_path):
     assert throughput["avg_vision_tokens_kept"] == pytest.approx(DropSchedule.parse(schedule).average_kept(6, 16))
 
 
+MIXED_SIZES = ((128, 64), (64, 128), (128, 128), (160, 48), (96, 144))  # 18, 18, 16, 21, 16 tokens on the tiny Qwen
+
+
+def test_a_mixed_size_qwen2_vl_task_answers_the_same_at_batch_1_and_8(tmp_path):
+    """Images of five sizes: batches of 8 mix vision-token counts and run as one batch each (no
+    fallback to one by one); every answer equals the batch-1 answer, unpruned and under V²Drop."""
+    import tiny_models
+
+    task = write_task(N, tmp_path / "mixed_task", sizes=MIXED_SIZES)
+    tiny_models.build("qwen2_vl", tmp_path)
+    for method, schedule in (("none", "none"), ("v2drop", "2:0.5;4:0.25")):
+        answers = {}
+        for batch_size in (1, 8):
+            args = f"pretrained={tmp_path / 'qwen2_vl'},method={method},schedule={schedule},batch_size={batch_size}"
+            results, samples, output = run_lmms_eval(task, tmp_path / f"{method}-{batch_size}", args)
+            answers[batch_size] = [samples[i]["filtered_resps"] for i in range(N)]
+            assert results["throughput"]["avg_samples"] == N
+        assert answers[1] == answers[8], method
+        assert 16 < results["throughput"]["avg_vision_tokens"] < 21      # the sizes really differ
+
+
 def test_model_args_override_flags_and_bad_args_say_what_is_wrong():
     from v2drop.lmms.model import V2DropLMM
 
@@ -186,6 +207,34 @@ def test_the_recipe_names_real_lmms_eval_tasks_and_the_ocr_prompt():
     prompt = config["doc_to_text"]({"question": "what is written?", "ocr_tokens": ["stop", "sign"]},
                                    config["lmms_eval_specific_kwargs"]["default"])
     assert prompt == "What is written?\nReference OCR token: stop, sign\nAnswer the question using a single word or phrase."
+
+
+def test_videos_of_different_lengths_batch_and_answer_as_alone(tmp_path):
+    """Two videos (4 and 8 frames) and an image in one lmms-eval batch: the videos run as one
+    ragged batch, the image beside them; every answer equals the batch-1 answer."""
+    import tiny_models
+    from lmms_eval.api.instance import Instance
+
+    from v2drop.lmms.model import V2DropLMM
+    from v2drop.video import write_video
+
+    tiny_models.build("qwen2_vl", tmp_path)
+    clips = [write_video(tmp_path / f"clip{n}.mp4", [tiny_models.image(i + n, (112, 84)) for i in range(n)], fps=4)
+             for n in (4, 8)]
+    docs = [{"video": str(clips[0])}, {"image": tiny_models.image(7, (128, 64))}, {"video": str(clips[1])}]
+    to_visual = lambda doc: [doc.get("video") or doc["image"]]  # noqa: E731
+    requests = [Instance("generate_until", ("what happens?", {"max_new_tokens": 4}, to_visual, i, "t", "test"),
+                         idx=0, metadata={"task": "t", "doc_id": i, "repeats": 1}) for i in range(3)]
+    answers = {}
+    for batch_size in (1, 3):
+        lm = V2DropLMM(pretrained=str(tmp_path / "qwen2_vl"), method="v2drop", schedule="2:0.5;4:0.25",
+                       batch_size=batch_size, max_frames=8)
+        lm.task_dict = {"t": {"test": docs}}
+        rows, generate = [], lm.model.generate
+        lm.model.generate = lambda **kw: rows.append(kw["input_ids"].shape[0]) or generate(**kw)
+        answers[batch_size] = lm.generate_until(requests)
+    assert answers[1] == answers[3] and len(answers[3]) == 3
+    assert rows == [2, 1]                                   # the two videos together, then the image
 
 
 def test_a_video_request_runs_alone_and_its_tokens_are_dropped(tmp_path):

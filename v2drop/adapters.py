@@ -40,6 +40,9 @@ class ModelAdapter:
     takes_video: ClassVar[bool] = False
     #: frames sampled from a video on a GPU (the families' own defaults)
     video_frames: ClassVar[int] = 16
+    #: whether videos with different numbers of frames can share one batch (False where the
+    #: processor stacks every video's frames into one tensor)
+    ragged_videos: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ family facts
     @classmethod
@@ -229,6 +232,7 @@ class Qwen2VLAdapter(ModelAdapter):
     grid and every ``merge × merge`` block of patches becomes one token."""
 
     takes_video = True
+    ragged_videos = True  # each video has its own (t, h, w) grid
 
     @classmethod
     def frames_per_layout_frame(cls, config: Any = None) -> int:

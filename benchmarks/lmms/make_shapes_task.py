@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import shutil
 from pathlib import Path
+from typing import Sequence
 
 from shapes import scenes
 
@@ -24,8 +25,11 @@ DATA_FILE = "shapes_heldout.parquet"
 __all__ = ["TASK_DIR", "DATA_FILE", "write_task"]
 
 
-def write_task(n: int = 1200, out: str | Path | None = None, seed: int = scenes.BENCHMARK_SEED) -> Path:
-    """Write the data file (and, for a folder other than the task's, its YAML and utils); return the folder."""
+def write_task(n: int = 1200, out: str | Path | None = None, seed: int = scenes.BENCHMARK_SEED,
+               sizes: Sequence[tuple[int, int]] = ()) -> Path:
+    """Write the data file (and, for a folder other than the task's, its YAML and utils); return the folder.
+    With ``sizes`` ((width, height), ...), image ``i`` is resized to ``sizes[i % len(sizes)]``: a
+    mixed-size variant, whose batches mix vision-token counts on dynamic-resolution models."""
     import datasets
 
     folder = Path(out) if out is not None else TASK_DIR
@@ -34,11 +38,12 @@ def write_task(n: int = 1200, out: str | Path | None = None, seed: int = scenes.
         for name in ("shapes_heldout.yaml", "utils.py"):
             shutil.copyfile(TASK_DIR / name, folder / name)
     samples = scenes.benchmark(n, seed=seed)
+    images = [s.image.resize(sizes[i % len(sizes)]) if sizes else s.image for i, s in enumerate(samples)]
     features = datasets.Features({"id": datasets.Value("int32"), "image": datasets.Image(),
                                   "question": datasets.Value("string"), "answer": datasets.Value("string"),
                                   "qtype": datasets.Value("string")})
     table = datasets.Dataset.from_dict({
-        "id": list(range(n)), "image": [s.image for s in samples], "question": [s.question for s in samples],
+        "id": list(range(n)), "image": images, "question": [s.question for s in samples],
         "answer": [s.answer for s in samples], "qtype": [s.qtype for s in samples]}, features=features)
     table.to_parquet(str(folder / DATA_FILE))
     return folder
@@ -48,8 +53,10 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=1200, help="questions (the first n of the held-out benchmark)")
     ap.add_argument("--out", default=None, help="task folder (default: benchmarks/lmms/shapes_task)")
+    ap.add_argument("--sizes", default="", help="mixed sizes, e.g. 128x64,64x128,96x96 (width x height)")
     args = ap.parse_args(argv)
-    folder = write_task(args.n, args.out)
+    sizes = [tuple(int(v) for v in size.split("x")) for size in args.sizes.split(",") if size]
+    folder = write_task(args.n, args.out, sizes=sizes)
     print(f"wrote {folder / DATA_FILE} ({args.n} questions); run lmms-eval with --include_path {folder}")
 
 

@@ -34,11 +34,13 @@ from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 from lmms_eval.models.model_utils.gen_metrics import log_metrics
 
+from ..adapters import get_adapter
 from ..engine import apply
 from ..loading import load_model
 from ..schedule import DropSchedule
 from ..scoring import available_methods, get_method
-from ..video_inputs import prepare_video
+from ..video import DecodedVideo, default_num_frames, load_video
+from ..video_inputs import supports_video, video_batch_inputs
 from .inputs import chat_text, image_batch, is_video, strip_placeholders
 from .requests import Batch, batches, generation_kwargs, parse_schedule, truncate
 from .stats import EvalStats
@@ -120,9 +122,10 @@ class V2DropLMM(lmms):
 
     # ------------------------------------------------------------------ lmms-eval requests
     def generate_until(self, requests: list[Instance]) -> list[str]:
-        """Answers in request order. Consecutive image requests of one task that share their
-        generation settings run as one batch; videos, and images whose vision-token counts
-        differ (v2drop keeps the same count per row), run one by one."""
+        """Answers in request order. Consecutive requests of one task that share their generation
+        settings run as one batch, whatever their vision-token counts (images of any size, text-only
+        prompts): v2drop drops each row's own tokens. Within a batch, image (and text-only) requests
+        and video requests run as two left-padded batches (see :meth:`_groups`)."""
         answers = [""] * len(requests)
         stats = EvalStats()
         groups = batches(requests, self.batch_size)
@@ -147,12 +150,32 @@ class V2DropLMM(lmms):
     # ------------------------------------------------------------------ one batch
     def _generate(self, batch: Batch, stats: EvalStats) -> list[str]:
         visuals = [self._visuals(request) for request in batch.requests]
-        has_video = any(is_video(v) for vs in visuals for v in vs)
-        if len(batch.requests) > 1 and has_video:  # videos run one by one
-            return [text for single in batch.singles() for text in self._generate(single, stats)]
+        texts: dict[int, str] = {}
+        for group, group_visuals in self._groups(batch, visuals):
+            texts.update(zip(group.indices, self._run(group, group_visuals, stats)))
+        return [texts[i] for i in batch.indices]
+
+    def _groups(self, batch: Batch, visuals: list[list[Any]]) -> list[tuple[Batch, list[list[Any]]]]:
+        """The batch split into the requests that can share one processor call: image and text-only
+        requests together; video requests together, decoded here (one video each), and for a family
+        that stacks frames into one tensor (LLaVA-OneVision) only videos with as many frames."""
+        keys = []
+        for i, vs in enumerate(visuals):
+            videos = [v for v in vs if is_video(v)]
+            if videos:
+                visuals[i] = [self._decode(videos[0])]
+            stacked = bool(videos) and not get_adapter(self._model).ragged_videos
+            keys.append(("video", len(visuals[i][0]) if stacked else 0) if videos else ("image", 0))
+        out = []
+        for key in dict.fromkeys(keys):
+            rows = [i for i, k in enumerate(keys) if k == key]
+            out.append((Batch([batch.indices[i] for i in rows], [batch.requests[i] for i in rows]),
+                        [visuals[i] for i in rows]))
+        return out
+
+    def _run(self, batch: Batch, visuals: list[list[Any]], stats: EvalStats) -> list[str]:
+        """One left-padded ``generate`` over the batch's requests (all images/text, or all videos)."""
         inputs = self._inputs([r.args[0] for r in batch.requests], visuals)
-        if not self._same_vision_counts(inputs["input_ids"]):  # e.g. images of different sizes
-            return [text for single in batch.singles() for text in self._generate(single, stats)]
         kwargs, until = generation_kwargs(batch.requests[0].args[1], self._pad_id())
         with self._session() as session:
             start = time.perf_counter()
@@ -191,28 +214,23 @@ class V2DropLMM(lmms):
         return [v for v in (visuals or []) if v is not None]
 
     def _inputs(self, contexts: list[str], visuals: list[list[Any]]) -> Any:
-        videos = [v for vs in visuals for v in vs if is_video(v)]
-        if videos:  # a video request runs alone (see _generate)
-            context = strip_placeholders(contexts[0]).replace("<video>", "").strip()
-            inputs, _ = prepare_video(self._model, self.processor, videos[0], context, num_frames=self.max_frames)
+        if any(isinstance(v, DecodedVideo) for vs in visuals for v in vs):  # a video batch (see _groups)
+            prompts = [strip_placeholders(c).replace("<video>", "").strip() for c in contexts]
+            inputs = video_batch_inputs(self.processor, [vs[0] for vs in visuals], prompts)
         else:
             inputs = image_batch(self.processor, contexts, visuals)
         return inputs.to(self._device, dtype=self._model.dtype)
 
+    def _decode(self, path: str) -> DecodedVideo:
+        """A video request's file, sampled to ``max_frames`` (or the model's default)."""
+        if not supports_video(self._model):
+            raise ValueError(f"{type(self._model).__name__} does not take video input")
+        frames = self.max_frames if self.max_frames is not None else default_num_frames(self._model)
+        return load_video(path, num_frames=frames)
+
     def _processor_call(self, images: list[Any], text: str) -> Any:
         inputs = self.processor(images=[i.convert("RGB") for i in images] or None, text=[text], return_tensors="pt")
         return inputs.to(self._device, dtype=self._model.dtype)
-
-    @torch.no_grad()
-    def _same_vision_counts(self, input_ids: torch.Tensor) -> bool:
-        ids = torch.tensor(self._vision_ids(), device=input_ids.device)
-        counts = torch.isin(input_ids, ids).sum(1)                          # (B,)
-        return bool((counts == counts[0]).all())
-
-    def _vision_ids(self) -> list[int]:
-        from ..adapters import get_adapter
-
-        return get_adapter(self._model).vision_token_ids()
 
     def _session(self) -> Any:
         return apply(self._model, self.schedule, method="v2drop" if self.method == "none" else self.method,
