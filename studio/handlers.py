@@ -504,6 +504,8 @@ class Studio:
         if lesson.reason:
             done += f" Why V²Drop's answer differs: {lesson.reason}"
         visuals = run_visuals(event.trace, state.stats, turn.media, state.trace_file, state.matters, matters_note)
+        if lesson.objects:  # "This run" knows what happened to the question's objects
+            visuals.story += f"\n\n**The question's objects in this run:** {lesson.objects}"
         tags = ([t[0] for t in state.turn_notes], [t[1] for t in state.turn_notes])
         return (messages(state.turns_full, tags=tags[0]), messages(state.turns_drop, tags=tags[1]),
                 notice(done, "ok"), state, gr.skip()) + visuals.values()

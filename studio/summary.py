@@ -24,6 +24,7 @@ class TurnSummary:
     drop_tag: str          # under the V²Drop answer
     markdown: str          # the summary line(s) under the panes
     reason: str            # the one-sentence reason ("" when none was needed or none is known)
+    objects: str = ""      # for "This run": the reason, else the objects' variation at the first drop
 
 
 def turn_tags(full: str, drop: str, expected: str | None, schedule: str, method: str = "V²Drop") -> tuple[str, str]:
@@ -55,13 +56,15 @@ def summarise_turn(full: str, drop: str, expected: str | None, schedule: str, sa
             reason = ("V²Drop's answer differs, and the app does not know which patches matter here: mark them "
                       "(the *What matters* tab) to see whether it dropped them.")
         lines.append(f"💡 Why: {reason}")
+    line = ""
     if matters and matters.get("tokens") and sample is not None:
         line = variation_line(sample, matters["tokens"], matters.get("objects", []), matters.get("source", ""))
         if line:
             lines.append(f"📈 {line}")
     lines.append(f"V²Drop ran `{schedule}`" + (f"; the random baseline's seed for this run: {seed}." if seed is not None
                                               else "."))
-    return TurnSummary(full_tag, drop_tag, "\n\n".join(lines), reason)
+    return TurnSummary(full_tag, drop_tag, "\n\n".join(lines), reason,
+                       " ".join(x for x in (reason if matters and matters.get("tokens") else "", line) if x))
 
 
 def _words(text: str) -> list[str]:

@@ -119,6 +119,7 @@ def test_the_summary_gives_the_reason_only_when_v2drop_differs_or_is_wrong():
     differs = summary.summarise_turn("orange", "no", "orange", "2:0.5", sample, matters, seed=7)
     assert "Expected answer: **orange**" in differs.markdown and "V²Drop: ❌ wrong" in differs.markdown
     assert differs.reason.startswith("V²Drop dropped all 3") and "seed for this run: 7" in differs.markdown
+    assert differs.objects.startswith(differs.reason + " At the first drop (layer 2)")
     assert differs.full_tag == "✅ right · unpruned (no drop)"
     assert differs.drop_tag == "❌ wrong (expected orange) · V²Drop at `2:0.5`"
     same = summary.summarise_turn("orange", "orange", "orange", "2:0.5", sample, matters)

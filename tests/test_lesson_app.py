@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "assets" / "examples"
 RECORDS = json.loads((EXAMPLES / "shapes_questions.json").read_text())
 TRAP = "2:0.6,4:0.5,6:0.3"   # the shapes-50% preset: first drop at layer 2
-FULL, DROP, NOTICE = 0, 1, 2
+FULL, DROP, NOTICE, STORY = 0, 1, 2, 13   # /chat answers: panes, notice, question box, the views (13: the story)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +62,8 @@ def test_a_trap_schedule_gets_the_reason_from_the_trace(server):
                      r"\(variation [\d.]+ vs [\d.]+ for the rest of the picture\)\.", summary), summary
     assert "dropped all 9 of the star's patches" in out[NOTICE]
     assert re.search(r"random baseline's seed for this run: \d+", summary)
+    story = out[STORY]
+    assert "**The question's objects in this run:** V²Drop dropped all 9 of the star's patches" in story
 
 
 def test_an_off_template_question_and_a_photo_get_the_note_before_the_answers(server):
