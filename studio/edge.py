@@ -14,6 +14,7 @@ enforces them on every host:
 - an event's values of the kinds its input components take (:func:`event_inputs`): a number for a
   slider, text for a textbox or dropdown, file data or nothing for a file, so that Gradio's own
   preprocessing never fails with a traceback on a dict, a list or ``None``;
+- ``GET /gradio_api/file=<URL>``, with which Gradio fetches any public URL for a visitor, answers 403;
 - the routes in :attr:`EdgeLimits.closed` answer 404 (Gradio's deep links, which write a copy of a
   session's values to disk and never delete it; the app offers none).
 
@@ -59,6 +60,11 @@ class EdgeRefusal(ValueError):
         self.status = status
 
 
+def _names_url(path: Any) -> bool:
+    """Whether a file path a visitor sent is a URL (which Gradio would fetch, looking its host up)."""
+    return isinstance(path, str) and path.strip().lower().startswith(("http:", "https:", "//"))
+
+
 def _finite(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
@@ -100,8 +106,7 @@ def _check_tree(data: Any, limits: EdgeLimits) -> None:
                 raise EdgeRefusal(f"A list in this request has {len(value):,} entries; the limit is "
                                   f"{limits.max_items}.", 413)
             if isinstance(value, dict):
-                path = value.get("path")
-                if isinstance(path, str) and path.strip().lower().startswith(("http://", "https://", "//")):
+                if _names_url(value.get("path")):
                     raise EdgeRefusal(URL_FILE)
                 children = [*value.keys(), *value.values()]
             else:
@@ -183,6 +188,9 @@ class EdgeGuard:
         path = scope.get("path", "").rstrip("/")
         if any(path == closed or path.endswith(closed) for closed in self.limits.closed):
             await _answer(send, 404, "Not found.")
+            return
+        if _names_url(path.split("/file=", 1)[1] if "/file=" in path else ""):
+            await _answer(send, 403, URL_FILE)  # Gradio would fetch it for the visitor (and look its host up)
             return
         if scope.get("method") not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
