@@ -100,10 +100,26 @@ def expected_answer(question: str, objects: Sequence[scenes.Obj], stored: dict |
     return _side(named[0], template.sides) if len(named) == 1 else None
 
 
+_DIGITS = {str(i): word for i, word in enumerate(scenes.COUNT_WORDS)}
+
+
+def _answer_words(expected: str) -> set[str]:
+    """The words that answer a question of ``expected``'s kind (all colours, all counts, ...)."""
+    groups = [set(scenes.COLOR_NAMES), set(scenes.COUNT_WORDS), {"left", "right", "top", "bottom"}, {"yes", "no"}]
+    return next((g for g in groups if expected.lower() in g), {expected.lower()})
+
+
 def is_right(answer: str, expected: str) -> bool:
-    """Whether ``answer``'s first word is ``expected`` (the benchmark's exact-match rule)."""
-    words = re.findall(r"[a-z]+", (answer or "").lower())
-    return bool(words) and words[0] == expected.lower()
+    """Whether ``answer`` gives ``expected``: its first word that answers this kind of question
+    (any colour for a colour question; a digit counts as its word) is ``expected``. For the
+    embedded model's one-word answers this is the benchmark's first-word rule; a hub model's
+    "The star is orange." is right too, and "No, it is red." wrong."""
+    candidates = _answer_words(expected)
+    for word in re.findall(r"[a-z]+|\d+", (answer or "").lower()):
+        word = _DIGITS.get(word, word)
+        if word in candidates:
+            return word == expected.lower()
+    return False
 
 
 def model_note(question: str, has_truth: bool) -> str:

@@ -60,8 +60,13 @@ def test_no_single_answer_gives_none_and_the_stored_answer_wins_for_its_own_ques
 
 @pytest.mark.parametrize("answer, expected, right", [("orange", "orange", True), ("Orange.", "orange", True),
                                                      ("no", "orange", False), ("", "yes", False),
-                                                     ("orange star", "orange", True)])
-def test_is_right_is_the_benchmarks_first_word_rule(answer, expected, right):
+                                                     ("orange star", "orange", True),
+                                                     ("The star is orange.", "orange", True),
+                                                     ("No, it is red, not orange.", "orange", False),
+                                                     ("There are 2 squares.", "two", True),
+                                                     ("three", "two", False), ("Yes, there is.", "no", False),
+                                                     ("It is on the left.", "left", True)])
+def test_is_right_takes_the_first_word_that_answers_the_question(answer, expected, right):
     assert lesson.is_right(answer, expected) is right
 
 
