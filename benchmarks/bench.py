@@ -23,6 +23,9 @@ shared ratio (PyramidDrop's layout), ``random`` / ``uniform`` V²Drop's own sche
 choice of tokens differs), ``downsample`` ``0:share`` (pooling before layer 0). When a budget is
 out of a layout's reach the first stage moves earlier; the table shows every schedule used.
 
+Batch throughput (``--throughput``, Qwen2-VL models): images/s at batch 1, 4 and 8, unpruned and
+V²Drop, on same-size and mixed-size images with equal total tokens; see ``benchmarks.throughput``.
+
 Accuracy (``--accuracy``, ``--model shapes`` only): ``shapes.evaluate.evaluate`` on the
 held-out benchmark ``shapes.scenes.benchmark(n)``, every method at every budget, with the
 share of the unpruned accuracy kept ("relative performance"). The same runs give the positional
@@ -506,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "shared machine: it counts the work, not the scheduler's share)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("V2DROP_BENCH_THREADS", "2")))
     ap.add_argument("--out", default="results/bench")
+    ap.add_argument("--throughput", action="store_true",
+                    help="the batch-throughput table instead (benchmarks.throughput; qwen2_vl models)")
+    ap.add_argument("--grid", type=int, default=8, help="--throughput: token grid side of the same-size images")
     return ap
 
 
@@ -543,6 +549,12 @@ def _accuracy_section(model, processor, info: dict, methods: list[str], schedule
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
+    if args.throughput:
+        from benchmarks import throughput
+
+        return throughput.main(["--model", args.model, "--grid", str(args.grid), "--repeats", str(args.repeats),
+                                "--warmup", str(args.warmup), "--max-new-tokens", str(args.max_new_tokens),
+                                "--threads", str(args.threads), "--device", args.device, "--out", args.out])
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,12 @@ checkpoints (``benchmarks.checkpoints``) in bfloat16, initialised on the GPU:
              (OneVision) and 7B (LLaVA-1.5) shapes;
 ``video``    LLaVA-OneVision-0.5B on a 32-frame video (32 × 196 + 1 tokens): prefill time and
              CUDA peak memory, unpruned vs V²Drop.
+``ragged``   Qwen2-VL-2B on a ragged batch (the photo, the photo cropped wide, a text-only prompt),
+             with SDPA and, when flash-attn is installed, FlashAttention-2 (the unpadded varlen path,
+             which the CPU test suite covers only with a stand-in kernel): keep-all = unmodified, each
+             row = the row alone under V²Drop, cache = no cache;
+``throughput`` Qwen2-VL-2B images/s at batch 1, 4, 8, unpruned vs V²Drop, same-size vs mixed-size
+             16×16-token images (``benchmarks.throughput``), and the two batch targets.
 
 ``--dry-run`` runs every section on the CPU with the narrowed fixtures, float32, a 160×120 photo,
 4 frames and one repeat, so that the script's plumbing is tested here before it first meets a GPU.
@@ -31,7 +37,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -237,12 +243,97 @@ def section_video(settings: Settings) -> list[dict]:
     return rows
 
 
+def _ragged_inputs(processor: Any, settings: Settings, which: Sequence[int] = (0, 1, 2)) -> dict:
+    """A left-padded ragged batch (or some of its rows): the photo, the photo cropped wide (another
+    vision-token count), and a text-only prompt."""
+    width, height = settings.image_size
+    images = [photo(settings.image_size), photo(settings.image_size).crop((0, 0, width, height // 2)), None]
+    questions = ["What is in this image?", "Describe the colours in this photo.", "Name three colours."]
+    texts, pixels = [], []
+    for i in which:
+        content = ([{"type": "image"}] if images[i] else []) + [{"type": "text", "text": questions[i]}]
+        texts.append(processor.apply_chat_template([{"role": "user", "content": content}],
+                                                   add_generation_prompt=True, tokenize=False))
+        pixels += [images[i]] if images[i] else []
+    processor.tokenizer.padding_side = "left"
+    inputs = processor(images=pixels or None, text=texts, return_tensors="pt", padding=True)
+    return {k: v.to(settings.device, settings.dtype) if k.startswith("pixel_values") else v.to(settings.device)
+            for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+
+
+def _last_logits(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(**inputs, logits_to_keep=1).logits[:, -1].float()      # (B, V)
+
+
+def section_ragged(settings: Settings) -> list[dict]:
+    """A ragged batch (two image sizes + a text-only prompt) on Qwen2-VL-2B, per attention kernel
+    (FlashAttention-2: the unpadded varlen path): keep-all = unmodified; under V²Drop each row's
+    last-token logits = the row run alone (within the dtype's tolerance plus the unpruned model's
+    own batch-vs-alone difference); cache = no cache."""
+    from v2drop.check import TOLERANCE, check_cache
+
+    kernels = ["sdpa"] + (["flash_attention_2"] if settings.device == "cuda" and _has_flash_attn() else [])
+    rows = []
+    for attn in kernels:
+        model, processor = _load("qwen2-vl-2b", settings, attn)
+        inputs, depth = _ragged_inputs(processor, settings), decoder_depth(model)
+        counts = [int(c) for c in torch.isin(inputs["input_ids"], torch.tensor(
+            get_adapter(model).vision_token_ids(), device=settings.device)).sum(1)]
+        schedule = _paper(depth, 192)
+        ref = _last_logits(model, inputs)
+        with apply(model, DropSchedule.keep_all([1, depth // 2])):
+            keep_all = float((_last_logits(model, inputs) - ref).abs().max())
+        alone_ref = torch.cat([_last_logits(model, _ragged_inputs(processor, settings, [i])) for i in range(3)])
+        with apply(model, schedule):
+            pruned = _last_logits(model, inputs)
+            alone = torch.cat([_last_logits(model, _ragged_inputs(processor, settings, [i])) for i in range(3)])
+        noise = float((ref - alone_ref).abs().max())
+        diff = float((pruned - alone).abs().max())
+        tol = TOLERANCE.get(settings.dtype, 1e-2) * max(1.0, float(ref.abs().max()))
+        cache = check_cache(model, inputs, schedule, settings.new_tokens)
+        ok = keep_all <= tol and diff <= tol + 2 * noise and cache.status == "PASS"
+        rows.append({"section": "ragged", "model": "qwen2-vl-2b", "config": attn, "status": "PASS" if ok else "FAIL",
+                     "vision_tokens": "/".join(map(str, counts)), "schedule": str(schedule),
+                     "detail": f"keep-all Δ {keep_all:.2e}; batch vs alone Δ {diff:.2e} (unpruned {noise:.2e}, "
+                               f"allowed {tol:.1e} + 2×unpruned); cache: {cache.detail}"})
+        del model, inputs
+        _release()
+    if "flash_attention_2" not in kernels:
+        rows.append({"section": "ragged", "model": "qwen2-vl-2b", "config": "flash_attention_2", "status": "SKIP",
+                     "detail": "flash-attn is not installed" if settings.device == "cuda" else "CPU"})
+    return rows
+
+
+def section_throughput(settings: Settings) -> list[dict]:
+    """Images/s at batch 1, 4, 8, unpruned and V²Drop, same-size and mixed-size images
+    (``benchmarks.throughput``) on Qwen2-VL-2B; the two targets in the last row."""
+    from benchmarks.throughput import run_throughput, targets
+
+    model, _ = _load("qwen2-vl-2b", settings)
+    schedule = DropSchedule.preset("qwen2-vl-official").scaled_to(decoder_depth(model))
+    real = settings.device == "cuda"
+    found = run_throughput(model, 16 if real else 2, schedule, images=8 if real else 4,
+                           batch_sizes=(1, 4, 8) if real else (1, 4), repeats=settings.repeats, warmup=int(real),
+                           new_tokens=settings.new_tokens, log=lambda _: None)
+    rows = [{"section": "throughput", "model": "qwen2-vl-2b", "config": f"{r['set']} b={r['batch_size']} {r['method']}",
+             "vision_tokens": r["vision_tokens"], "images_per_s": r["images_per_s"],
+             "padding_share": r["padding_share"], "schedule": r["schedule"]} for r in found]
+    goals = targets(found)
+    rows.append({"section": "throughput", "model": "qwen2-vl-2b", "config": "targets", "status": "INFO",
+                 "detail": ", ".join(f"{k} {v:.2f}" for k, v in goals.items() if v is not None), **goals})
+    del model
+    _release()
+    return rows
+
+
 def _nothing():
     import contextlib
     return contextlib.nullcontext()
 
 
-SECTIONS = {"exact": section_exact, "memory": section_memory, "latency": section_latency, "video": section_video}
+SECTIONS = {"exact": section_exact, "memory": section_memory, "latency": section_latency, "video": section_video,
+            "ragged": section_ragged, "throughput": section_throughput}
 
 
 # ----------------------------------------------------------------------------- output
@@ -255,7 +346,9 @@ def table(rows: list[dict]) -> str:
     lines = ["| section | model | config | vision tokens | prefill ms | end-to-end ms | peak MiB | status / schedule |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        note = r.get("status", "") + (f" {r['detail']}" if r.get("status") in ("FAIL", "SKIP") else "")
+        note = r.get("status", "") + (f" {r['detail']}" if r.get("status") in ("FAIL", "SKIP", "INFO") else "")
+        if r.get("images_per_s") is not None:
+            note = f"{r['images_per_s']:.2f} images/s, padding {100 * r['padding_share']:.0f} % of slots"
         note = note or r.get("schedule", "")
         lines.append(f"| {r['section']} | {r['model']} | {r['config']} | {r.get('vision_tokens', '')} | "
                      f"{_cell(r.get('prefill_s'), 1000)} | {_cell(r.get('end_to_end_s'), 1000)} | "

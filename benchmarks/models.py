@@ -72,6 +72,12 @@ SPECS: dict[str, ModelSpec] = {
         dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
              num_key_value_heads=2, vocab_size=256, max_position_embeddings=4096),
         grid=8, prefix_tokens=4, suffix_tokens=6, description="4-layer toy (tests)"),
+    "tiny-qwen2-vl": ModelSpec(
+        "tiny-qwen2-vl", "qwen2_vl",
+        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4,
+             num_key_value_heads=2, vocab_size=QWEN_VOCAB, max_position_embeddings=4096,
+             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}),
+        grid=4, prefix_tokens=4, suffix_tokens=6, description="6-layer toy of the Qwen2-VL layout (tests)"),
     "tiny-video": ModelSpec(
         "tiny-video", "llava",
         dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,

@@ -65,3 +65,23 @@ def test_bench_accuracy_and_bias_end_to_end(tmp_path):
     share = rows[1]["budget_share"]
     assert abs(sum(bias["v2drop"]["retention_layer_averaged"]) / 8 - share) < 1e-6
     assert (out / "bias-shapes.html").exists() and (out / "accuracy-shapes.json").exists()
+
+
+def test_throughput_table_end_to_end(tmp_path):
+    """``--throughput`` on the tiny Qwen2-VL layout: every (set, batch, method) row, equal vision tokens
+    in both sets, padding only where the batch is ragged, and the targets computed (not asserted)."""
+    from benchmarks import throughput
+
+    sets = throughput.image_sets(8)
+    assert sum(h * w for h, w in sets["mixed"]) == sum(h * w for h, w in sets["same"]) == 8 * 64
+    assert len({h for h, _ in sets["mixed"]}) == 8
+    result = bench.main(["--model", "tiny-qwen2-vl", "--throughput", "--grid", "4", "--repeats", "1", "--warmup", "0",
+                         "--max-new-tokens", "2", "--out", str(tmp_path)])
+    rows = result["rows"]
+    assert len(rows) == 12 and all(r["images_per_s"] > 0 and r["images"] == 8 for r in rows)
+    padding = {(r["set"], r["batch_size"], r["method"]): r["padding_share"] for r in rows}
+    assert padding[("same", 8, "none")] == padding[("same", 8, "v2drop")] == padding[("mixed", 1, "v2drop")] == 0
+    assert padding[("mixed", 8, "v2drop")] > padding[("mixed", 8, "none")] > 0   # fillers after each drop
+    assert set(result["targets"]) >= {"mixed_over_same_b8", "speedup_ratio_same", "speedup_ratio_mixed"}
+    data = json.loads((tmp_path / "throughput-tiny-qwen2-vl.json").read_text())
+    assert data["info"]["sets"]["mixed"] == [list(g) for g in throughput.image_sets(4)["mixed"]]

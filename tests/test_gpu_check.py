@@ -28,6 +28,15 @@ def test_dry_run_writes_every_section(tmp_path, capsys):
     assert all(r["average_kept"] < r["vision_tokens"] / 3 for r in paper)
     video = [r for r in rows if r["section"] == "video"]
     assert all(r["frames"] == 4 and r["vision_tokens"] > 4 * 100 for r in video)
+    ragged = [r for r in rows if r["section"] == "ragged"]
+    assert ragged[0]["status"] == "PASS" and ragged[0]["config"] == "sdpa", ragged[0]
+    assert ragged[1]["config"] == "flash_attention_2" and ragged[1]["status"] == "SKIP"   # no CUDA here
+    counts = [int(c) for c in ragged[0]["vision_tokens"].split("/")]
+    assert counts[0] > counts[1] > counts[2] == 0                     # two image sizes and a text-only row
+    throughput = [r for r in rows if r["section"] == "throughput"]
+    assert {r["config"] for r in throughput} >= {"same b=1 none", "mixed b=4 v2drop", "targets"}
+    assert all(r["images_per_s"] > 0 for r in throughput if r["config"] != "targets")
+    assert throughput[-1]["mixed_over_same_b4"] is not None
     table = (tmp_path / "gpu_check.md").read_text()
     assert table.startswith("| section |") and table.count("\n") == len(rows) + 2
 
