@@ -14,6 +14,14 @@ forward. A pre-hook on each layer:
 3. remembers which original positions the layer's KV cache holds, so that during decoding the
    mask (sized for layer 0's full cache) is sliced to each layer's shorter cache.
 
+Ragged batches. Each sample is scored on its own and keeps ⌊n_i × r⌋ of its own vision tokens,
+as it would alone. Its kept tokens are packed in order; a sample that keeps fewer than the widest
+is left-padded with *filler* slots (copies of its first kept slot, so that every sample's last
+token stays in the last column). A validity record ``(B, L)`` follows the tokens through the
+forward pass and into each layer's cache, and every fitted mask hides the filler keys (the 4-D
+masks of sdpa/eager, the 2-D padding mask of FlashAttention's unpadded path; one is built where
+the decoder passed none). Filler queries see what the slot they copy sees, so no row is empty.
+
 New tokens are numbered from layer 0's cache length, which never shrinks, so their positions
 continue from the unpruned prompt length, as in the paper's code.
 """
