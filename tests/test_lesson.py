@@ -248,3 +248,14 @@ def test_the_sweep_chart_and_table(embedded):
                                                "“no” ❌.")
     empty = LayerSweep("q", 0.5, "2:0.6", 8, 256, 0, "a", None, 0)
     assert layer_sweep_chart(empty.to_dict()) is None
+
+
+def test_the_sweep_benchmark_writes_every_gallery_example(tmp_path, capsys):
+    from benchmarks import layer_sweep as bench
+
+    result = bench.main(["--repeats", "1", "--schedule", "2:0.6,4:0.5,6:0.3", "--json", str(tmp_path / "s.json")])
+    assert json.loads((tmp_path / "s.json").read_text()) == result
+    assert {r["example"] for r in result["rows"]} == set(RECORDS)
+    first = next(r for r in result["rows"] if r["example"] == "shapes_0_color.png")
+    assert first["runs"] == 9 and first["v2drop"] == {"1": "orange", "2": "no (wrong)", "3": "orange"}
+    assert "| shapes_0_color.png | 9 |" in capsys.readouterr().out

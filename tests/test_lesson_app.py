@@ -88,9 +88,7 @@ def test_the_one_click_sweep_runs_the_question_at_every_first_layer(server):
     assert "2: `2:0.5391,4:0.5391,6:0.5391`" in table
     assert "Random: one draw, seed" in table and "Expected: **orange**" in table
     assert "at layer 2: the star lost" in tie and "at layer 3: the star kept" in tie
-    assert chart is not None
-    seconds = float(re.search(r"runs in ([\d.]+) s", table).group(1))
-    assert seconds < 30   # a few seconds here; the bound only guards against a hang on a loaded machine
+    assert chart is not None and re.search(r"9 runs in [\d.]+ s", table)   # its time: python -m benchmarks.layer_sweep
 
 
 def test_presets_warn_where_the_sweep_measured_a_trap_and_the_default_follows_the_rule(server):
