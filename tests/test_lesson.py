@@ -259,3 +259,27 @@ def test_the_sweep_benchmark_writes_every_gallery_example(tmp_path, capsys):
     first = next(r for r in result["rows"] if r["example"] == "shapes_0_color.png")
     assert first["runs"] == 9 and first["v2drop"] == {"1": "orange", "2": "no (wrong)", "3": "orange"}
     assert "| shapes_0_color.png | 9 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("family", ["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl"])
+def test_the_sweep_answers_like_the_chat_on_every_family(tiny, family):
+    """Each (first layer, method) of the sweep answers as the side-by-side chat does with that
+    schedule, on every supported family (the tower's output reused, M-RoPE, multi-crop layouts)."""
+    import tiny_models as tm
+    from studio.layer_sweep import run_layer_sweep
+    from studio.pair import stream_pair
+
+    model, processor = tiny(family)
+    image = tm.image(3, (64, 48))
+    *_, ref = stream_pair(model, processor, image, "what is it", [], [], "1:0.5", max_new_tokens=2)
+    n = ref.trace.samples[0].num_vision_tokens
+    depth = ref.trace.num_layers
+    sweep = run_layer_sweep(model, processor, image, "what is it", [], DropSchedule.parse("1:0.5"), n,
+                            tokens=list(range(0, n, 3)), seed=3, methods=("v2drop", "random"), max_new_tokens=2)
+    assert sweep.rows and sweep.unpruned == ref.full_text
+    for row in sweep.rows:
+        assert 0.0 <= row.alive_share <= 1.0 and row.right is None
+    for row in [r for r in sweep.rows if r.method == "v2drop"][:2]:
+        *_, last = stream_pair(model, processor, image, "what is it", [], [], row.schedule, max_new_tokens=2)
+        assert row.answer == last.drop_text, (family, row)
+    assert all(r.first_layer < depth for r in sweep.rows)
