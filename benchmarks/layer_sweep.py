@@ -48,7 +48,8 @@ def run(schedule_text: str | None, repeats: int, model_dir: str) -> dict:
             sweep = run_layer_sweep(model, processor, image, record["question"], [], reference, n, tokens=tokens,
                                     expected=record["answer"], seed=repeat)
             seconds.append(time.perf_counter() - start)
-        v2 = {str(r.first_layer): f"{r.answer}{'' if r.right else ' (wrong)'}" for r in sweep.rows if r.method == "v2drop"}
+        v2 = {str(r.first_layer): f"{r.answer}{'' if r.right else ' (wrong)'}"
+              for r in sweep.rows if r.method == "v2drop"}
         rows.append(dict(example=name, question=record["question"], runs=len(sweep.rows),
                          median_seconds=statistics.median(seconds), seconds=seconds, v2drop=v2))
     return dict(schedule=str(reference), repeats=repeats, threads=torch.get_num_threads(), torch=torch.__version__,

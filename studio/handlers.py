@@ -76,7 +76,8 @@ def as_text(text: str) -> str:
                    p.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") for p in parts)
 
 
-def messages(turns: list, pending: tuple[str, str] | None = None, tags: list[str] | None = None) -> list[dict[str, str]]:
+def messages(turns: list, pending: tuple[str, str] | None = None,
+             tags: list[str] | None = None) -> list[dict[str, str]]:
     """Chatbot messages; an empty finished answer is shown as such, a pending one as '…'. ``tags``
     (one per turn): the line under each answer (right/wrong, the schedule and method that produced it)."""
     out = []

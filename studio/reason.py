@@ -105,4 +105,5 @@ def variation_line(sample: SampleTrace, tokens: Sequence[int], objects: Sequence
     if inside is None or outside is None:
         return ""
     return (f"At the first drop (layer {first}), {owner_of(objects, source)} patches changed {_number(inside)} vs "
-            f"{_number(outside)} for the rest of the picture (variation ‖h_l − h_(l−1)‖₂; V²Drop keeps the highest).")
+            f"{_number(outside)} for the rest of the picture (variation ‖h_l − h_(l−1)‖₂; V²Drop keeps the "
+            "highest).")

@@ -44,8 +44,8 @@ def summarise_turn(full: str, drop: str, expected: str | None, schedule: str, sa
     if note:
         lines.append(f"⚠️ {note}")
     if expected is not None:
-        lines.append(f"🎯 Expected answer: **{expected}**. Unpruned: {'✅ right' if is_right(full, expected) else '❌ wrong'}"
-                     f" · V²Drop: {'✅ right' if is_right(drop, expected) else '❌ wrong'}.")
+        verdicts = ["✅ right" if is_right(answer, expected) else "❌ wrong" for answer in (full, drop)]
+        lines.append(f"🎯 Expected answer: **{expected}**. Unpruned: {verdicts[0]} · V²Drop: {verdicts[1]}.")
     differs = _words(full) != _words(drop)
     wrong = expected is not None and not is_right(drop, expected)
     reason = ""
@@ -61,8 +61,8 @@ def summarise_turn(full: str, drop: str, expected: str | None, schedule: str, sa
         line = variation_line(sample, matters["tokens"], matters.get("objects", []), matters.get("source", ""))
         if line:
             lines.append(f"📈 {line}")
-    lines.append(f"V²Drop ran `{schedule}`" + (f"; the random baseline's seed for this run: {seed}." if seed is not None
-                                              else "."))
+    seed_text = f"; the random baseline's seed for this run: {seed}." if seed is not None else "."
+    lines.append(f"V²Drop ran `{schedule}`" + seed_text)
     return TurnSummary(full_tag, drop_tag, "\n\n".join(lines), reason,
                        " ".join(x for x in (reason if matters and matters.get("tokens") else "", line) if x))
 

@@ -34,7 +34,7 @@ RECORDS = json.loads((EXAMPLES / "shapes_questions.json").read_text())
 NOTICE, KEPT, TRACE_FILE, MATTERS, MATTERS_NOTE = 2, 6, 14, 16, 17
 # /mark, /mark_box, /clear_marks answers: kept, heat, dropped, chart, note, trace file (, editor)
 M_KEPT, M_CHART, M_NOTE, M_TRACE = 0, 3, 4, 5
-SHAPES_LAYERS, FIRST_DROP, LAST_DROP = 8, 1, 6  # the embedded model, its default schedule (1, 4, 6 at 1/2 of the tokens)
+SHAPES_LAYERS, FIRST_DROP, LAST_DROP = 8, 1, 6  # the embedded model and its default schedule's drop layers 1, 4, 6
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +216,8 @@ def test_one_visitors_mark_or_truth_never_reaches_another_session(server, tmp_pa
     assert record["source"] == "ground truth" and record["tokens"] == RECORDS["shapes_0_color.png"]["question_patches"]
     fresh = Client(server.url, verbose=False)  # a new visitor with no picture can mark nothing
     assert "No picture to mark" in fresh.predict(0, 0, 10, 10, 0, None, api_name="/mark_box")[M_NOTE]
-    assert _file(a.predict(LAST_DROP, FIRST_DROP, api_name="/clear_marks")[M_TRACE])["what_matters"]["source"] == "ground truth"
+    cleared = a.predict(LAST_DROP, FIRST_DROP, api_name="/clear_marks")
+    assert _file(cleared[M_TRACE])["what_matters"]["source"] == "ground truth"
 
 
 def test_an_editor_payload_naming_a_server_path_is_refused_without_naming_it(server):
