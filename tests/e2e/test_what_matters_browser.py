@@ -46,6 +46,7 @@ def test_truth_marks_and_a_baseline_in_the_what_matters_tab(page):
     page.wait_for_function(f"() => ({LINES})() === 2")
 
     canvas = page.locator("#mark-editor canvas").first  # a brush stroke across the picture's middle
+    canvas.scroll_into_view_if_needed()
     box = canvas.bounding_box()
     x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     page.mouse.move(x - 40, y)
