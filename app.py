@@ -234,7 +234,8 @@ def _chat_panel() -> ChatPanel:
         sweep = gr.Button("Sweep the first drop layer for this question (V²Drop, random, uniform; same budget)",
                           size="sm", elem_id="layer-sweep")
         sweep_table = gr.Markdown(elem_id="layer-sweep-table")
-        sweep_chart = gr.Plot(label="Your question, first drop layer moved", elem_id="layer-sweep-chart")
+        sweep_chart = gr.Plot(label="Your question, first drop layer moved", elem_id="layer-sweep-chart",
+                              visible=False)   # shown with a sweep: no empty frame before one
     examples = [(str(EXAMPLES_DIR / f), q) for f, q in EXAMPLES if (EXAMPLES_DIR / f).exists()]
     gallery = gr.Gallery(examples, label="Example gallery: click one (shapes scenes, with their ground truth, suit "
                          "the embedded model; photos suit hub models)", columns=8, height=170, allow_preview=False,

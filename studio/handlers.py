@@ -539,7 +539,7 @@ class Studio:
         """(summary, sweep table, sweep chart) under the answers: after a turn, a new picture or a
         cleared chat the sweep of an earlier question is cleared (a new run forgets it)."""
         if state.layer_sweep is None:
-            return state.summary, "", None
+            return state.summary, "", gr.Plot(value=None, visible=False)
         return state.summary, gr.skip(), gr.skip()
 
     def on_layer_sweep(self, state: PageState, request: gr.Request):
@@ -550,7 +550,7 @@ class Studio:
         if run is None or run[1].image is None:
             why = "Ask a question about a picture first: the sweep runs your last question." if state.media == "image" \
                 else "The drop-layer sweep runs on pictures: switch to the Image tab."
-            return notice(why, "info"), None, gr.skip(), state
+            return notice(why, "info"), gr.Plot(value=None, visible=False), gr.skip(), state
         trace, media = run
         try:
             entry = self.registry.ensure(state.stats["model_id"])
@@ -562,12 +562,13 @@ class Studio:
                                         trace.samples[0].num_vision_tokens, tokens=matters.get("tokens") or (),
                                         expected=self._expected(question, state), seed=state.seed or 0)
         except (ModelLoadError, ChatInputError, ValueError) as err:
-            return notice(str(err), "error"), None, gr.skip(), state
+            return notice(str(err), "error"), gr.Plot(value=None, visible=False), gr.skip(), state
         state.layer_sweep = sweep.to_dict()
         whose = owner_of(matters.get("objects", []), matters.get("source", ""))
         thing = whose[:-2] if whose.endswith("'s") else whose.rstrip("'")
         from visualize.layer_sweep import layer_sweep_chart
-        return (sweep_markdown(sweep, whose), layer_sweep_chart(sweep.to_dict()),
+        chart = layer_sweep_chart(sweep.to_dict())
+        return (sweep_markdown(sweep, whose), gr.Plot(value=chart, visible=chart is not None),
                 "**This question, swept:** " + tie_sentence(sweep, thing), state)
 
     # ------------------------------------------------------------------------ what matters
