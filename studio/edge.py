@@ -9,8 +9,9 @@ enforces them on every host:
 - a JSON body of at most :attr:`EdgeLimits.max_json_bytes`, a form (file upload) body of at most
   :attr:`EdgeLimits.max_form_bytes` with its length declared;
 - in a JSON body: no string over :attr:`EdgeLimits.max_text` characters, no list or object over
-  :attr:`EdgeLimits.max_items` entries, at most :attr:`EdgeLimits.max_nodes` values in all, no
-  NaN or infinite number, and no file data whose ``path`` is a URL (no outbound request, no lookup);
+  :attr:`EdgeLimits.max_items` entries, at most :attr:`EdgeLimits.max_nodes` values in all, nested
+  at most :attr:`EdgeLimits.max_depth` deep, no NaN or infinite number, and no file data whose
+  ``path`` is a URL (no outbound request, no lookup);
 - an event's values of the kinds its input components take (:func:`event_inputs`): a number for a
   slider, text for a textbox or dropdown, file data or nothing for a file, so that Gradio's own
   preprocessing never fails with a traceback on a dict, a list or ``None``;
@@ -49,6 +50,7 @@ class EdgeLimits:
     max_text: int = 4096                     # characters of any one string (questions allow 1,000)
     max_items: int = 64                      # entries of any one list or object
     max_nodes: int = 512                     # values in one JSON body, all levels together
+    max_depth: int = 32                      # lists and objects within each other
     closed: tuple[str, ...] = ("/gradio_api/deep_link",)
 
 
@@ -83,7 +85,9 @@ def check_json(body: bytes, limits: EdgeLimits = EdgeLimits()) -> Any:
         data = json.loads(body, parse_float=_finite, parse_constant=_no_constant)
     except EdgeRefusal:
         raise
-    except (ValueError, RecursionError):
+    except RecursionError:  # Gradio's own parse would fail with a traceback
+        raise EdgeRefusal(f"Values in a request may be nested at most {limits.max_depth} deep.", 413) from None
+    except ValueError:
         return None
     _check_tree(data, limits)
     return data
@@ -102,6 +106,8 @@ def _check_tree(data: Any, limits: EdgeLimits) -> None:
                 raise EdgeRefusal(f"A text in this request is {len(value):,} characters long; the limit is "
                                   f"{limits.max_text:,}.", 413)
         elif isinstance(value, (list, dict)):
+            if depth >= limits.max_depth:
+                raise EdgeRefusal(f"Values in a request may be nested at most {limits.max_depth} deep.", 413)
             if len(value) > limits.max_items:
                 raise EdgeRefusal(f"A list in this request has {len(value):,} entries; the limit is "
                                   f"{limits.max_items}.", 413)

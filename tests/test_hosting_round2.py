@@ -207,8 +207,12 @@ def test_mark_upload_route_refuses_an_index_beyond_the_layer_limit(space):
 
 # ------------------------------------------------------------------------------ 3. text, bodies, logs
 def test_long_text_is_refused_before_it_is_stored_or_echoed(space):
-    status, text = _post_declared(space, "gradio_api/call/set_schedule", 20_000_000)
-    assert status == 413 and len(text) < 200, (status, text[:200])  # a 20 MB schedule: refused unread
+    schedule = json.dumps({"data": ["2:0.5," * 3_500_000, None]}).encode()  # a 20 MB schedule
+    before = space.rss_mb()
+    for _ in range(5):
+        status, text = _post(space, "gradio_api/call/set_schedule", schedule)
+        assert status == 413 and len(text) < 200, (status, text[:200])  # refused unread, not echoed
+    assert space.rss_mb() - before < 20  # was 320 MB held in Gradio's per-session values
     status, text = _post(space, "gradio_api/call/set_schedule", json.dumps({"data": ["1" * 5000, None]}).encode())
     assert status == 413 and "5,000 characters" in text and "1111" not in text, text
     answer = raw_call(space, "set_schedule", ["2:0.5," * 50, None])  # 300 characters: the handler's own cap
@@ -367,3 +371,29 @@ def test_monitoring_is_off_on_a_public_host_unless_the_operator_asks(space):
     assert not policy([], "0.0.0.0").monitoring and not policy([], "127.0.0.1", SPACE_ID="a/b").monitoring
     assert policy([], "127.0.0.1").monitoring
     assert policy(["--monitoring"], "0.0.0.0").monitoring and policy([], "0.0.0.0", V2DROP_MONITORING="1").monitoring
+
+
+# ------------------------------------------------------------------------------ the edge's rules, one by one
+@pytest.mark.parametrize("body, status", [
+    (b'{"data": [NaN]}', 400), (b'{"data": [1e400]}', 400), (b'{"data": [-Infinity]}', 400),
+    (b'{"data": [{"path": "HTTPS://example.com/x.png"}]}', 400), (b'{"data": [{"path": "//example.com/x"}]}', 400),
+    (b'{"data": ["' + b"x" * 4097 + b'"]}', 413), (b'{"data": [' + b"0," * 64 + b'0]}', 413),
+    (b'[' * 200 + b']' * 200, 413), (b'[' * 30000 + b']' * 30000, 413),
+])
+def test_the_edge_refuses_what_breaks_a_rule(body, status):
+    from studio.edge import EdgeRefusal, check_json
+
+    with pytest.raises(EdgeRefusal) as refused:
+        check_json(body)
+    assert refused.value.status == status
+
+
+def test_the_edge_lets_ordinary_requests_and_non_json_through():
+    from studio.edge import check_event, check_json
+
+    page = {"data": ["what is it ?", {"path": "/tmp/gradio/abc/x.png", "url": "http://127.0.0.1/gradio_api/file=x",
+                                      "meta": {"_type": "gradio.FileData"}}, None],
+            "fn_index": 3, "session_hash": "abc", "event_data": {"index": [10.5, 20], "value": None}}
+    assert check_json(json.dumps(page).encode()) == page  # a URL in "url" (the page's own) is not fetched
+    assert check_json(b"not json") is None
+    check_event(("textbox", "file", "state"), page["data"])
