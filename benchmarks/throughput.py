@@ -13,9 +13,11 @@ time of the whole workload (CPU time is recorded too: on a shared machine it cou
 Configurations run round-robin ``--repeats`` times after ``--warmup`` rounds; medians are reported.
 
 Where padding costs. An unpruned mixed batch pads every prompt to the longest one, in every layer.
-Under V²Drop each sample keeps ⌊n_i × r⌋ of its own tokens, so after a drop the batch is padded
-again, to the sample that keeps most (filler slots, masked): ``padding_share`` is the share of
-token slots, summed over all layers and samples, that hold padding or fillers.
+Under V²Drop the layers before the first drop pay the same; the first drop removes the prompts'
+padding with the dropped tokens, and each sample keeps ⌊n_i × r⌋ of its own tokens, so from then
+on the batch is as wide as the sample that keeps most (the others get masked filler slots):
+``padding_share`` is the share of token slots, summed over all layers and samples, that hold
+padding or fillers.
 
 Targets (reported, not asserted): mixed / same-size throughput of V²Drop at batch 8 ≥ 0.9, and
 V²Drop's speed-up over unpruned at batch 8 within 10 % of its speed-up at batch 1.
@@ -111,10 +113,11 @@ def _padding(inputs: dict, trace: Any, model: torch.nn.Module) -> tuple[int, int
     if trace is None:
         return layers * mask.numel(), layers * sum(lengths)
     slots = real = 0
+    dropped = False                        # the first drop also removes the prompts' padding
     for layer in range(layers):
         per = [n - s.num_vision_tokens + s.alive_per_layer[layer] for n, s in zip(lengths, trace.samples)]
-        pads = [int(m.numel() - m.sum()) for m in mask]                          # prompt padding, never dropped
-        slots += len(per) * max(p + q for p, q in zip(per, pads))
+        dropped = dropped or any(s.alive_per_layer[layer] < s.num_vision_tokens for s in trace.samples)
+        slots += len(per) * (max(per) if dropped else mask.shape[1])
         real += sum(per)
     return slots, real
 

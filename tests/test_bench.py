@@ -81,7 +81,8 @@ def test_throughput_table_end_to_end(tmp_path):
     assert len(rows) == 12 and all(r["images_per_s"] > 0 and r["images"] == 8 for r in rows)
     padding = {(r["set"], r["batch_size"], r["method"]): r["padding_share"] for r in rows}
     assert padding[("same", 8, "none")] == padding[("same", 8, "v2drop")] == padding[("mixed", 1, "v2drop")] == 0
-    assert padding[("mixed", 8, "v2drop")] > padding[("mixed", 8, "none")] > 0   # fillers after each drop
+    # V²Drop's first drop removes the prompts' padding; fillers after it cost less than the padding did
+    assert padding[("mixed", 8, "none")] > padding[("mixed", 8, "v2drop")] > 0
     assert set(result["targets"]) >= {"mixed_over_same_b8", "speedup_ratio_same", "speedup_ratio_mixed"}
     data = json.loads((tmp_path / "throughput-tiny-qwen2-vl.json").read_text())
     assert data["info"]["sets"]["mixed"] == [list(g) for g in throughput.image_sets(4)["mixed"]]

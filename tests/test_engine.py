@@ -100,12 +100,14 @@ def test_kept_tokens_keep_original_positions(tiny, family):
         handle.remove()
     pruned_cos = seen["cos"]
     seq_len = inputs["input_ids"].shape[1]
+    pads = (inputs["attention_mask"] == 0).sum(1).tolist()
+    assert pads[0] != pads[1], "the test needs prompts of different lengths"
     for b, sample in enumerate(run.trace.samples):
-        pad = int((inputs["attention_mask"][b] == 0).sum())
-        positions = kept_positions(sample, probe_layer, seq_len)
-        assert pruned_cos.shape[-2] == len(positions)
+        positions = kept_positions(sample, probe_layer, seq_len, pads[b])   # the padding goes at the first drop
+        # the shorter prompt is left-filled up to the longer one
+        assert pruned_cos.shape[-2] == seq_len - min(pads) - len(sample.vision_positions) + len(sample.alive_after(probe_layer))
         expected = full_cos.expand(2, -1, -1)[b, positions]
-        assert torch.equal(pruned_cos.expand(2, -1, -1)[b], expected), f"sample {b} (pad {pad})"
+        assert torch.equal(pruned_cos.expand(2, -1, -1)[b, -len(positions):], expected), f"sample {b} (pad {pads[b]})"
     with torch.no_grad():
         after = model(**inputs).logits
     assert torch.equal(before, after), "the model must be bit-identical after apply() exits"
@@ -134,14 +136,15 @@ def test_qwen_uses_3d_mrope_positions(tiny):
         handle.remove()
     seq_len = inputs["input_ids"].shape[1]
     for b, sample in enumerate(run.trace.samples):
-        kept = kept_positions(sample, probe_layer, seq_len)
+        pad = int((inputs["attention_mask"][b] == 0).sum())
+        kept = kept_positions(sample, probe_layer, seq_len, pad)
         ids = position_ids[:, b:b + 1, kept]                               # (3, 1, n)
         assert len(set(ids[1].flatten().tolist())) > 1, "height ids must vary over the kept tokens"
-        expected, _ = rotary(seen["cos"], ids)
-        assert seen["cos"].shape[1] == len(kept)
-        assert torch.equal(seen["cos"][b], expected[0]), f"sample {b}"
-        one_d, _ = rotary(seen["cos"], ids[:1])                           # the temporal id on every axis
-        assert not torch.equal(seen["cos"][b], one_d[0])
+        cos = seen["cos"][b:b + 1, -len(kept):]                            # the row's own tokens, after its fillers
+        expected, _ = rotary(cos, ids)
+        assert torch.equal(cos, expected), f"sample {b}"
+        one_d, _ = rotary(cos, ids[:1])                                    # the temporal id on every axis
+        assert not torch.equal(cos, one_d)
 
 
 def test_text_only_prompt_drops_nothing(tiny):

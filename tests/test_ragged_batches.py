@@ -135,17 +135,20 @@ def test_ragged_batch_generates_as_each_sample_alone(tiny, family, attn):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_ragged_prefill_logits_match_alone(tiny, family, attn):
     """The last prompt token's logits of each sample, left- and right-padded, equal its own run's
-    (1e-4): filler slots and padding are masked in every layer."""
+    (1e-4): filler slots and padding are masked in every layer. The first drop removes the prompt
+    padding too, so every sample's last token ends in the last column."""
     model, processor = tiny(family, attn)
     for side in ("left", "right"):
         inputs = build_inputs(processor, specs(family), side)
-        with v2drop.apply(model, SCHEDULE), torch.no_grad():
+        with v2drop.apply(model, SCHEDULE) as run, torch.no_grad():
             logits = model(**inputs).logits                                  # (B, L_kept, V)
-            pads = (inputs["attention_mask"] == 0).sum(1).tolist()
+            samples = run.trace.samples
             for b, single in enumerate(alone_inputs(processor, family, side)):
                 alone = model(**single).logits[0, -1]
-                last = logits.shape[1] - 1 - (pads[b] if side == "right" else 0)
-                torch.testing.assert_close(logits[b, last], alone, atol=1e-4, rtol=0)
+                torch.testing.assert_close(logits[b, -1], alone, atol=1e-4, rtol=0)
+        real = inputs["attention_mask"].sum(1).tolist()                      # tokens of each prompt
+        kept = [n - s.num_vision_tokens + s.alive_per_layer[-1] for n, s in zip(real, samples)]
+        assert logits.shape[1] == max(kept), "the batch is as wide as the sample that keeps most"
 
 
 @pytest.mark.parametrize("attn", ATTNS)

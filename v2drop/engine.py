@@ -189,7 +189,8 @@ class DropSession:
         self._is_cuda = device.type == "cuda"
         if past == 0 and not self._continues_without_cache(input_ids):
             self._start_sequence(input_ids, kwargs)
-        self._pending = {"input_ids": input_ids, "past": past, "cache": cache}
+        self._pending = {"input_ids": input_ids, "past": past, "cache": cache,
+                         "attention_mask": kwargs.get("attention_mask")}
         _synchronize(self._is_cuda)
         self._timer = time.perf_counter()
 
@@ -295,6 +296,7 @@ class DropSession:
         self._forward = _Forward(
             past=past, positions=positions, ordinal=ordinal, length=q,
             may_drop=q > 1 and bool((ordinal >= 0).any()) and bool(self.ratios),
+            valid=_prompt_padding(pending.get("attention_mask"), batch, q, past, device),
         )
 
     # ------------------------------------------------------------------ dropping
@@ -302,12 +304,14 @@ class DropSession:
         """Score each sample's alive vision tokens on its own, keep ⌊n_i × r⌋ of them, and pack the
         kept tokens of every sample to the left-padded width of the longest (see :func:`_pack`)."""
         is_vision = fwd.ordinal >= 0                                   # (B, L)
-        keep_mask = ~is_vision if fwd.valid is None else ~is_vision & fwd.valid   # text (and real padding) stays
+        keep_mask = ~is_vision if fwd.valid is None else ~is_vision & fwd.valid   # text stays, padding goes
         start = time.perf_counter()
         rows = [self._choose(idx, b, hidden, layer_kwargs, fwd, keep_mask) for b in range(hidden.shape[0])]
         if getattr(self.rule, "merge", None) is not None:  # e.g. pooling: kept tokens absorbed dropped ones
             hidden = torch.cat(rows)
         self.trace.scoring_seconds += time.perf_counter() - start
+        if bool((keep_mask | ~is_vision).all()):  # no vision token dropped (keep-all): the sequence stays as it is
+            return hidden
 
         kept_index, valid = _pack(keep_mask)                           # (B, L_new), (B, L_new) or None
         hidden = _take(hidden, kept_index, dim=1)
@@ -483,6 +487,16 @@ def _fit_mask(mask: Any, query: torch.Tensor, keys: torch.Tensor) -> Any:
     if mask.dim() == 2:
         return _take(mask, keys, dim=1)
     raise RuntimeError(f"unexpected attention mask of shape {tuple(mask.shape)}")
+
+
+def _prompt_padding(mask: Any, batch: int, length: int, past: int, device: torch.device) -> torch.Tensor | None:
+    """A prompt's padding as filler slots: ``(B, L)`` False where the 2-D attention mask pads a
+    prefill (masked for every key already), None without padding. The first drop removes them with
+    the dropped vision tokens, so that a short prompt does not keep the batch wide."""
+    if past or not isinstance(mask, torch.Tensor) or mask.dim() != 2 or tuple(mask.shape) != (batch, length):
+        return None
+    valid = mask.to(device).bool()
+    return None if bool(valid.all()) else valid
 
 
 def _pack(keep_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
