@@ -47,7 +47,7 @@ class EdgeLimits:
 
     max_json_bytes: int = 64 * 1024          # an event with its values is a few kB
     max_form_bytes: int = 101 * 1024 * 1024  # one upload of up to the app's 100 MB file limit
-    max_text: int = 4096                     # characters of any one string (questions allow 1,000)
+    max_text: int = 16_384                   # characters of any one string (the handlers' own caps are lower)
     max_items: int = 64                      # entries of any one list or object
     max_nodes: int = 512                     # values in one JSON body, all levels together
     max_depth: int = 32                      # lists and objects within each other

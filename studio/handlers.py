@@ -35,7 +35,7 @@ from studio.lesson import expected_answer, model_note
 from studio.reason import owner_of
 from studio.summary import summarise_turn
 from studio.traps import load_sweep, preset_warning
-from studio.inputs import MAX_PROMPT_CHARS, ChatInputError, check_prompt, check_special_tokens, image_region, load_image
+from studio.inputs import ChatInputError, check_prompt, check_special_tokens, image_region, load_image
 from studio.editor import MarkEditor, mark_brush
 from studio.marks import editor_value, load_mask, mask_from_box, mask_from_editor, painted_share, save_mask
 from studio.matters import (BASELINES, NO_RUN_NOTE, baseline_label, chart_of, find_matters, matters_state,
@@ -376,7 +376,7 @@ class Studio:
     # ------------------------------------------------------------------------ chat
     def _prepare(self, question: str, image_file: str | None, state: PageState, session: Session) -> Turn:
         """Check everything a turn needs; :class:`ChatInputError` / :class:`ModelLoadError` say what is wrong."""
-        question = check_prompt(text_value(question, MAX_PROMPT_CHARS * 4, "question"))
+        question = check_prompt(question)
         notes: list[str] = []
         if image_file and image_file != state.image_src:  # an API call that brings its image
             notes = self._take_image(image_file, state, session)

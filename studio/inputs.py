@@ -177,7 +177,10 @@ def _control_tokens(processor: Any) -> set[str]:
 
 
 def check_prompt(text: str | None, max_chars: int = MAX_PROMPT_CHARS) -> str:
-    """The question, stripped; :class:`ChatInputError` if empty or too long."""
+    """The question, stripped; :class:`ChatInputError` if it is no text, empty or too long (its length,
+    not its text, is said)."""
+    if text is not None and not isinstance(text, str):
+        raise ChatInputError("The question must be text.")
     question = (text or "").strip()
     if not question:
         raise ChatInputError("The question is empty: type a question about the image.")

@@ -23,11 +23,19 @@ class AppServer(AppProcess):
 
 def raw_call(server: AppServer, api: str, data: list, timeout: float = 240) -> str:
     """POST to Gradio's REST route and read the whole event stream: no client library uploading
-    files or checking values for us, as an attacker would call it."""
+    files or checking values for us, as an attacker would call it. A request the app's edge refuses
+    before it is queued (a 4xx answer) reads as an error event with the refusal as its data."""
+    import urllib.error
+
     request = urllib.request.Request(server.url + f"gradio_api/call/{api}", data=json.dumps({"data": data}).encode(),
                                      headers={"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(request, timeout=30) as reply:
-        event_id = json.loads(reply.read())["event_id"]
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            event_id = json.loads(reply.read())["event_id"]
+    except urllib.error.HTTPError as err:  # refused before it was queued (studio/edge.py): an error event
+        if not 400 <= err.code < 500:
+            raise
+        return f"event: error\ndata: {err.read().decode()}\n\n"
     with urllib.request.urlopen(server.url + f"gradio_api/call/{api}/{event_id}", timeout=timeout) as reply:
         return reply.read().decode()
 
