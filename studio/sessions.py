@@ -136,10 +136,6 @@ class SessionStore:
                 with self._lock:
                     self._leftovers.append(folder)
 
-    def is_released(self, key: str | None) -> bool:
-        with self._lock:
-            return bool(key) and key in self._released
-
     def sweep(self) -> int:
         """Release every idle session; returns how many were released."""
         with self._lock:
