@@ -397,3 +397,17 @@ def test_the_edge_lets_ordinary_requests_and_non_json_through():
     assert check_json(json.dumps(page).encode()) == page  # a URL in "url" (the page's own) is not fetched
     assert check_json(b"not json") is None
     check_event(("textbox", "file", "state"), page["data"])
+
+
+def test_released_keys_are_never_reopened_and_remembered_within_a_bound(tmp_path):
+    from studio.sessions import SessionClosed, SessionStore
+
+    store = SessionStore(tmp_path, max_sessions=1)
+    store.max_released = 3
+    for key in "abcde":  # each open releases the one before (one session at most)
+        store.open(key)
+    for key in "bcd":
+        with pytest.raises(SessionClosed):
+            store.new_file(key, "image", ".png")
+    assert len(list(tmp_path.iterdir())) == 1  # e's folder only: nothing re-created
+    assert store.open("a").folder.exists()  # forgotten beyond the bound: a new session, a new folder
