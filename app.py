@@ -73,9 +73,11 @@ CSS = """
   #chat-full, #chat-drop {height: 260px !important}
 }
 """
-# on a phone, Send scrolls the two answers into view (plain JS: no round trip, no Python)
-SHOW_ANSWERS_JS = ("() => { if (window.innerWidth <= 640) "
-                   "document.querySelector('#chat-row')?.scrollIntoView({block: 'start'}); }")
+# Send scrolls the two answers into view when they are not (e.g. after a click in the gallery below
+# them, or on a phone): plain JS, no round trip, no Python
+SHOW_ANSWERS_JS = ("() => { const row = document.querySelector('#chat-row'); if (!row) return; "
+                   "const r = row.getBoundingClientRect(); "
+                   "if (r.top < 0 || r.bottom > window.innerHeight) row.scrollIntoView({block: 'start'}); }")
 EXAMPLES = [
     ["shapes_0_color.png", "what color is the star ?"],
     ["shapes_1_count.png", "how many squares are there ?"],
@@ -239,7 +241,7 @@ def _chat_panel() -> ChatPanel:
     examples = [(str(EXAMPLES_DIR / f), q) for f, q in EXAMPLES if (EXAMPLES_DIR / f).exists()]
     gallery = gr.Gallery(examples, label="Example gallery: click one (shapes scenes, with their ground truth, suit "
                          "the embedded model; photos suit hub models)", columns=8, height=170, allow_preview=False,
-                         elem_id="gallery")
+                         buttons=[], elem_id="gallery")
     return ChatPanel(full, drop, question, send, clear, gallery, summary, sweep, sweep_table, sweep_chart)
 
 
@@ -260,8 +262,8 @@ def _run_panel(num_layers: int) -> RunPanel:
                 # changes the drop layers must not fail on the previous run's layer
                 drop_layer = gr.Dropdown(label="Which patches went at drop layer…", choices=[], scale=1,
                                          allow_custom_value=True, elem_id="drop-layer")
-                dropped = gr.Image(label="Dropped at that layer (red, hatched)", interactive=False, scale=2, format="png",
-                                   height=400, elem_id="dropped-overlay")
+                dropped = gr.Image(label="Dropped at that layer (red, hatched)", interactive=False, scale=2,
+                                   format="png", height=400, elem_id="dropped-overlay")
             timeline = gr.Plot(label="Video: kept tokens per frame and layer", elem_id="frame-timeline",
                                visible=False)  # shown for video runs only
         with gr.Tab("What matters", elem_id="matters-tab"):
