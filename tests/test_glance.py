@@ -70,6 +70,11 @@ def test_views_after_a_new_picture_are_cleared_and_kept_while_a_run_stands(studi
     assert cleared["perf"] is None and cleared["kept"] is None and cleared["matters"] is None
     studio.on_clear(state)
     assert dict(zip(VISUAL_FIELDS, studio.views_for(state)))["table"] is None
+    _ask(studio, state, "how many squares are there ?", None)
+    assert all(isinstance(v, SKIPPED) for v in studio.views_for(state))
+    video = Path(__file__).resolve().parents[1] / "assets" / "videos" / "moving_shapes.mp4"
+    studio.on_video(str(video), 4, state, None)                 # a video: the image run's charts go
+    assert dict(zip(VISUAL_FIELDS, studio.views_for(state)))["alive"] is None
 
 
 def test_the_preset_box_follows_a_hand_edited_schedule(studio):

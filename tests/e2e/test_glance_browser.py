@@ -168,6 +168,9 @@ def test_the_bugs_seen_stay_fixed(browser, server, size, tmp_path):
                            timeout=240_000)
     page.wait_for_function("() => document.querySelector('#matters-note')?.innerText.includes('Hand-marked')")
     page.wait_for_timeout(3000)  # any late event would have failed by now
+    page.locator("#matters-chart .main-svg").first.wait_for()
+    page.locator("#matters-chart").scroll_into_view_if_needed()
+    assert page.locator("#matters-chart").evaluate(CLIPPED_TITLES) == [], f"#matters-chart titles clipped at {size}"
     log = server.log_text_full()[start:]
     assert "not in the list of choices" not in log and "Traceback" not in log, log[-3000:]
     assert page.locator(".toast-body").count() == 0, page.locator(".toast-body").all_inner_texts()
