@@ -225,7 +225,8 @@ def main(argv: list[str] | None = None) -> dict:
                            sets={k: v for k, v in image_sets(args.grid, args.images).items()},
                            schedule=str(schedule), new_tokens=args.max_new_tokens, threads=args.threads,
                            device=args.device, torch=torch.__version__, dtype="float32", note=args.note,
-                           command="python -m benchmarks.throughput " + " ".join(argv if argv is not None else sys.argv[1:])),
+                           command=" ".join(["python -m benchmarks.throughput",
+                                             *(argv if argv is not None else sys.argv[1:])])),
               "rows": rows, "targets": targets(rows), "targets_cpu_time": targets(rows, "images_per_cpu_s")}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -59,9 +59,9 @@ def video_frames(seed: int, n: int, size=(64, 48)) -> list[Image.Image]:
 
 
 def video_cases(family: str):
-    """(batch inputs, [inputs of each sample alone]) for a batch of videos of different lengths
-    (OneVision stacks its frames, so there: a video of the same length at another frame size is
-    not possible either; its batch pairs two videos with different prompts and lengths of text)."""
+    """(batch inputs, [inputs of each sample alone]) for a batch of videos of different lengths.
+    LLaVA-OneVision's processor stacks the frames of a batch into one tensor (and resizes every
+    frame to one size), so its two videos have equal lengths and only their prompts differ."""
     lengths = (4, 4) if family == "llava_onevision" else (4, 8)
     prompts = ["what is in the image ?", "how many red shape are there ? describe it"]
     videos = [video_frames(5 + k, n) for k, n in enumerate(lengths)]

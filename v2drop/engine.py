@@ -98,7 +98,7 @@ class _Forward:
     ordinal: torch.Tensor                           # (B, L_cur) index in the sample's vision sequence, -1 = text
     may_drop: bool                                  # multi-token input that holds vision tokens
     length: int = 0                                 # tokens in this forward's input, before any drop
-    valid: torch.Tensor | None = None               # (B, L_cur) False = filler slot of a shorter sample; None = all real
+    valid: torch.Tensor | None = None               # (B, L_cur) False = filler or padding slot; None = all real
     version: int = 0                                # bumps each time the token set shrinks
     previous_hidden: torch.Tensor | None = None     # input of the previous layer, when a score needs it
     memo: dict = field(default_factory=dict)        # sliced kwargs shared by layers with the same token set
