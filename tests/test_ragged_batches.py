@@ -223,3 +223,57 @@ def test_flash_path_ragged_batch(tmp_path, monkeypatch):
         for b, single in enumerate(alone_inputs(processor, family)):
             assert together[b] == generate_new(model, single, SCHEDULE)[0][0], f"{family} sample {b}"
         assert generate_new(model, inputs, SCHEDULE, use_cache=False)[0] == together
+
+
+# ---------------------------------------------------------------------- fillers skip the MLP
+def mlp_rows(model) -> tuple[list[int], list]:
+    """Rows each decoder layer's MLP computes (its down projection's input rows), per call, and the
+    hook handles to remove."""
+    rows, handles = [], []
+    for layer in model.model.language_model.layers:
+        record = lambda module, args, out: rows.append(args[0].shape[:-1].numel())  # noqa: E731
+        handles.append(layer.mlp.down_proj.register_forward_hook(record))
+    return rows, handles
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_ragged_prefill_runs_the_mlp_on_valid_slots_only(tiny, family):
+    """In a prefill that drops, every layer's MLP sees each sample's own tokens only: no prompt
+    padding before the first drop, no filler slots after it. Under keep-all (padding is part of
+    the unmodified output) and in a batch without padding it sees every slot; outside the block
+    the model is untouched."""
+    model, processor = tiny(family, "sdpa")
+    inputs = build_inputs(processor, specs(family))
+    mlps = [layer.mlp for layer in model.model.language_model.layers]
+    hooks_before = [(len(m._forward_pre_hooks), len(m._forward_hooks)) for m in mlps]
+    with torch.no_grad():
+        ref = model(**inputs).logits
+    rows, handles = mlp_rows(model)
+    try:
+        with v2drop.apply(model, SCHEDULE) as run, torch.no_grad():
+            logits = model(**inputs).logits
+            rows_batch, samples = list(rows), run.trace.samples
+            rows.clear()
+            single = alone_inputs(processor, family)[0]
+            model(**single)
+            rows_alone, alone_sample = list(rows), run.trace.samples[0]
+        rows.clear()
+        with v2drop.apply(model, v2drop.DropSchedule.keep_all([2, 4])), torch.no_grad():
+            model(**inputs)
+            rows_keep_all = list(rows)
+    finally:
+        for handle in handles:
+            handle.remove()
+    batch, width = inputs["input_ids"].shape
+    real = inputs["attention_mask"].sum(1).tolist()
+    for idx, count in enumerate(rows_batch):
+        own = [n - s.num_vision_tokens + s.alive_per_layer[idx] for n, s in zip(real, samples)]
+        assert count == sum(own), f"layer {idx}"
+    assert rows_batch[0] < batch * width, "the batch held padding"
+    assert rows_batch[-1] < batch * logits.shape[1], "the batch held filler slots"
+    n, length = alone_sample.num_vision_tokens, single["input_ids"].shape[1]
+    assert rows_alone == [length - n + alive for alive in alone_sample.alive_per_layer]
+    assert rows_keep_all == [batch * width] * len(mlps)
+    assert [(len(m._forward_pre_hooks), len(m._forward_hooks)) for m in mlps] == hooks_before
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, ref)

@@ -84,6 +84,13 @@ class ModelAdapter:
     def decoder_layers(self) -> nn.ModuleList:
         return self.language_model().layers
 
+    def decoder_mlp(self, layer: nn.Module) -> nn.Module | None:
+        """The feed-forward block of one decoder layer, called as ``mlp(hidden)`` on the layer's
+        (B, L, D) hidden states and added to the residual; None where a layer has none (the engine
+        then runs it on every slot)."""
+        mlp = getattr(layer, "mlp", None)
+        return mlp if isinstance(mlp, nn.Module) else None
+
     def vision_token_ids(self) -> list[int]:
         """Token ids that stand for vision features in ``input_ids``."""
         ids = []

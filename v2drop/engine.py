@@ -99,6 +99,7 @@ class _Forward:
     may_drop: bool                                  # multi-token input that holds vision tokens
     length: int = 0                                 # tokens in this forward's input, before any drop
     valid: torch.Tensor | None = None               # (B, L_cur) False = filler or padding slot; None = all real
+    will_drop: bool = False                         # the first stage drops a vision token: padding is discarded
     version: int = 0                                # bumps each time the token set shrinks
     previous_hidden: torch.Tensor | None = None     # input of the previous layer, when a score needs it
     memo: dict = field(default_factory=dict)        # sliced kwargs shared by layers with the same token set
@@ -145,6 +146,11 @@ class DropSession:
         for idx, layer in enumerate(self.layers):
             hook = _LayerHook(self, idx)
             self._handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
+            mlp = self.adapter.decoder_mlp(layer)
+            if mlp is not None:
+                rows = _ValidRowsMLP(self)
+                self._handles.append(mlp.register_forward_pre_hook(rows.before))
+                self._handles.append(mlp.register_forward_hook(rows.after))
 
     def remove(self) -> None:
         self._unhook()
@@ -279,6 +285,18 @@ class DropSession:
             fwd.previous_hidden = hidden if (next_scores or self.trace_all_layers) else None
         return hidden, layer_kwargs
 
+    def filler_rows(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """``(B, L)`` True at the valid slots of a decoder layer's ``hidden`` where the batch holds
+        slots whose output no valid token reads: fillers after a drop, and a prompt's padding when
+        the first stage will drop (that drop discards it); None otherwise (nothing to skip). Without
+        a drop the padding is part of the unmodified model's output, so it runs as usual."""
+        fwd = self._forward
+        if fwd is None or fwd.valid is None or not (fwd.version or fwd.will_drop):
+            return None
+        if hidden.dim() != 3 or tuple(hidden.shape[:2]) != tuple(fwd.valid.shape):
+            return None
+        return fwd.valid.to(hidden.device)
+
     def _begin_forward(self, hidden: torch.Tensor, kwargs: dict) -> None:
         batch, q = hidden.shape[:2]
         pending, seq = self._pending, self._sequence
@@ -293,11 +311,18 @@ class DropSession:
         if input_ids is not None and input_ids.shape[:2] == (batch, q) and past == 0:
             vision = torch.isin(input_ids, self.vision_ids.to(input_ids.device)).to(device)
             ordinal = torch.where(vision, vision.long().cumsum(1) - 1, ordinal)
+        may_drop = q > 1 and bool((ordinal >= 0).any()) and bool(self.ratios)
         self._forward = _Forward(
-            past=past, positions=positions, ordinal=ordinal, length=q,
-            may_drop=q > 1 and bool((ordinal >= 0).any()) and bool(self.ratios),
+            past=past, positions=positions, ordinal=ordinal, length=q, may_drop=may_drop,
             valid=_prompt_padding(pending.get("attention_mask"), batch, q, past, device),
+            will_drop=may_drop and self._first_stage_drops(ordinal),
         )
+
+    def _first_stage_drops(self, ordinal: torch.Tensor) -> bool:
+        """Whether the first drop stage removes a vision token of some sample (``_choose`` keeps
+        ⌊n × r⌋ of n), which also discards the prompt's padding."""
+        ratio = self.ratios[min(self.ratios)]
+        return any(math.floor(n * ratio + 1e-9) < n for n in (ordinal >= 0).sum(1).tolist())
 
     # ------------------------------------------------------------------ dropping
     def _drop(self, idx: int, hidden: torch.Tensor, layer_kwargs: dict, fwd: _Forward) -> torch.Tensor:
@@ -453,6 +478,30 @@ class _LayerHook:
             hidden, rest = kwargs.pop("hidden_states"), ()
         hidden, kwargs = self.session.before_layer(self.idx, hidden, kwargs)
         return (hidden, *rest), kwargs
+
+
+class _ValidRowsMLP:
+    """A forward pre-hook and hook pair on one decoder layer's MLP: where the packed batch holds
+    filler slots, the MLP runs on the valid rows only, ``(N_valid, D)``, and its output is scattered
+    back into zeros ``(B, L, D)``. A filler then adds nothing to its own residual; it is masked as a
+    key in every layer and dropped at every later drop, so no valid token reads it. The MLP costs
+    most of a layer (Qwen2-VL-2B: ~7x the attention projections), so this is most of a filler's cost."""
+
+    def __init__(self, session: DropSession) -> None:
+        self.session = session
+        self._rows: torch.Tensor | None = None       # validity of the call in flight
+
+    def before(self, module: nn.Module, args: tuple) -> tuple | None:
+        self._rows = self.session.filler_rows(args[0]) if args else None
+        return None if self._rows is None else (args[0][self._rows], *args[1:])
+
+    def after(self, module: nn.Module, args: tuple, output: Any) -> torch.Tensor | None:
+        rows, self._rows = self._rows, None
+        if rows is None or not isinstance(output, torch.Tensor):
+            return None
+        full = output.new_zeros(*rows.shape, output.shape[-1])
+        full[rows] = output
+        return full
 
 
 # ---------------------------------------------------------------------- tensor helpers
