@@ -71,6 +71,8 @@ CSS = """
   #chat-row {flex-wrap: nowrap !important; gap: 6px !important}
   #chat-row > * {min-width: 0 !important; flex: 1 1 0 !important}
   #chat-full, #chat-drop {height: 260px !important}
+  /* the schedule chip under an answer wraps inside its bubble */
+  #chat-full code, #chat-drop code {white-space: normal !important; word-break: break-all}
 }
 """
 # Send scrolls the two answers into view when they are not (e.g. after a click in the gallery below

@@ -637,9 +637,10 @@ class Studio:
         data = trace.to_dict()
         if state.matters:
             data["what_matters"] = trace_record(state.matters, question)
-        path = self.sessions.new_file(session.key, "trace", ".json")
-        path.write_text(json.dumps(data, indent=1))
-        _remove(state.trace_file)
+        # one trace file per session, replaced in place: a path that a concurrent handler (a mark
+        # stroke while a run finishes) has returned stays readable when Gradio postprocesses it
+        path = Path(state.trace_file) if state.trace_file else self.sessions.new_file(session.key, "trace", ".json")
+        _replace_file(path, json.dumps(data, indent=1))
         state.trace_file = str(path)
         note = found.note if found else self._no_matters_note(state)
         if baseline is not None and found and found.tokens:
@@ -829,6 +830,13 @@ def _remove(path: str | None) -> None:
             os.remove(path)
         except OSError:
             pass
+
+
+def _replace_file(path: Path, text: str) -> None:
+    """Write ``path`` so that it never exists half-written or not at all once it has existed."""
+    partial = path.with_name(f"{path.name}.{secrets.token_hex(4)}.part")  # concurrent writers: one each
+    partial.write_text(text)
+    os.replace(partial, path)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
