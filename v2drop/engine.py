@@ -21,6 +21,8 @@ token stays in the last column). A validity record ``(B, L)`` follows the tokens
 forward pass and into each layer's cache, and every fitted mask hides the filler keys (the 4-D
 masks of sdpa/eager, the 2-D padding mask of FlashAttention's unpadded path; one is built where
 the decoder passed none). Filler queries see what the slot they copy sees, so no row is empty.
+In a prefill that drops, a hook pair on each layer's MLP runs it on the valid slots only (fillers,
+and the prompt's padding that the first drop discards, add zero): most of a slot's cost is its MLP.
 
 New tokens are numbered from layer 0's cache length, which never shrinks, so their positions
 continue from the unpruned prompt length, as in the paper's code.
