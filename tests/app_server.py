@@ -80,3 +80,31 @@ def queue_call(server: AppServer, fn: int | str, data: list, session_hash: str |
             if message.get("msg") in ("process_completed", "close_stream", "unexpected_error"):
                 break
     return messages
+
+
+def upload_then_close_tab(server: AppServer, picture: str, wait: float = 30.0):
+    """Open a session with one uploaded picture, then do what a closing browser tab does (hold
+    ``/heartbeat`` open, then drop it) and wait until the session's folder is deleted.
+    Returns the client (its ``session_hash`` is the released session) and the names of the session
+    folders that existed before."""
+    import http.client
+    import time
+
+    from gradio_client import Client, handle_file
+
+    client = Client(server.url, verbose=False)
+    root = server.work / "sessions"
+    before = {p.name for p in root.iterdir()} if root.exists() else set()
+    client.predict(handle_file(picture), api_name="/set_image")
+    mine = {p.name for p in root.iterdir()} - before
+    assert len(mine) == 1, mine
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("GET", f"/gradio_api/heartbeat/{client.session_hash}")
+    assert conn.getresponse().readline().startswith(b"data")
+    conn.close()  # the tab goes away: its session is released
+    folder = root / mine.pop()
+    deadline = time.time() + wait
+    while folder.exists():
+        assert time.time() < deadline, "the closed session's folder was not deleted"
+        time.sleep(0.5)
+    return client, before

@@ -22,7 +22,7 @@ gradio_client = pytest.importorskip("gradio_client")
 av = pytest.importorskip("av")
 from gradio_client import Client, handle_file  # noqa: E402
 
-from app_server import AppServer, queue_call, raw_call  # noqa: E402
+from app_server import AppServer, queue_call, raw_call, upload_then_close_tab  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "assets" / "examples" / "shapes_0_color.png"
@@ -248,23 +248,8 @@ def test_deep_links_are_off_and_leave_nothing_behind(space):
 
 # ------------------------------------------------------------------------------ 5. released sessions
 def test_a_released_session_is_never_reopened(space):
-    import http.client
-
-    client = Client(space.url, verbose=False)
+    client, before = upload_then_close_tab(space, str(EXAMPLE))
     root = space.work / "sessions"
-    before = {p.name for p in root.iterdir()} if root.exists() else set()
-    client.predict(handle_file(str(EXAMPLE)), api_name="/set_image")
-    mine = {p.name for p in root.iterdir()} - before
-    assert len(mine) == 1
-    conn = http.client.HTTPConnection("127.0.0.1", space.port, timeout=10)
-    conn.request("GET", f"/gradio_api/heartbeat/{client.session_hash}")
-    assert conn.getresponse().readline().startswith(b"data")
-    conn.close()  # the tab goes away: its session is released
-    folder = root / mine.pop()
-    deadline = time.time() + 30
-    while folder.exists():
-        assert time.time() < deadline, "the closed session's folder was not deleted"
-        time.sleep(0.5)
     # a handler of that session that runs afterwards (it was queued, or decoding a large picture)
     messages = queue_call(space, "set_image", [None, None], session_hash=client.session_hash)
     assert "session has ended" in json.dumps(messages), messages

@@ -28,7 +28,7 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
 import tiny_models  # noqa: E402
-from app_server import AppServer, raw_call  # noqa: E402
+from app_server import AppServer, raw_call, upload_then_close_tab  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "assets" / "examples" / "shapes_0_color.png"
@@ -273,24 +273,7 @@ def test_a_load_clears_the_chat_and_the_views(local, tmp_path):
 
 def test_closing_the_tab_deletes_the_sessions_files_at_once(local):
     """A browser holds /heartbeat open; when it goes (tab closed), ``demo.unload`` frees the session."""
-    import http.client
-    import time
-
-    client = Client(local.url, verbose=False)
-    root = local.work / "sessions"
-    before = {p.name for p in root.iterdir()} if root.exists() else set()
-    client.predict(handle_file(str(EXAMPLE)), api_name="/set_image")
-    mine = {p.name for p in root.iterdir()} - before
-    assert len(mine) == 1
-    conn = http.client.HTTPConnection("127.0.0.1", local.port, timeout=10)
-    conn.request("GET", f"/gradio_api/heartbeat/{client.session_hash}")
-    assert conn.getresponse().readline().startswith(b"data")
-    conn.close()  # the tab goes away
-    folder = local.work / "sessions" / mine.pop()
-    deadline = time.time() + 30
-    while folder.exists():
-        assert time.time() < deadline, "the closed session's folder was not deleted"
-        time.sleep(0.5)
+    upload_then_close_tab(local, str(EXAMPLE))
 
 
 # ------------------------------------------------------------------------------ launch options
