@@ -26,6 +26,7 @@ V²Drop's speed-up over unpruned at batch 8 within 10 % of its speed-up at batch
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -81,8 +82,8 @@ def _workload(model, batches: list[dict], schedule: DropSchedule | None, new_tok
     _sync(model)
     start, start_cpu = time.perf_counter(), time.process_time()
     for inputs in batches:
-        session = apply(model, schedule) if schedule is not None else None
-        with (session if session is not None else _Null()) as run, torch.inference_mode():
+        session = apply(model, schedule) if schedule is not None else contextlib.nullcontext()
+        with session as run, torch.inference_mode():
             model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                            pad_token_id=0)
         s, r = _padding(inputs, run.trace if run is not None else None, model)
@@ -95,14 +96,6 @@ def _workload(model, batches: list[dict], schedule: DropSchedule | None, new_tok
 def _sync(model: torch.nn.Module) -> None:
     if next(model.parameters()).is_cuda:
         torch.cuda.synchronize()
-
-
-class _Null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _padding(inputs: dict, trace: Any, model: torch.nn.Module) -> tuple[int, int]:
