@@ -324,7 +324,7 @@ class DropSession:
         """Whether the first drop stage removes a vision token of some sample (``_choose`` keeps
         ⌊n × r⌋ of n), which also discards the prompt's padding."""
         ratio = self.ratios[min(self.ratios)]
-        return any(math.floor(n * ratio + 1e-9) < n for n in (ordinal >= 0).sum(1).tolist())
+        return any(_keep_count(n, ratio) < n for n in (ordinal >= 0).sum(1).tolist())
 
     # ------------------------------------------------------------------ dropping
     def _drop(self, idx: int, hidden: torch.Tensor, layer_kwargs: dict, fwd: _Forward) -> torch.Tensor:
@@ -363,7 +363,7 @@ class DropSession:
         n = vision_index.shape[1]
         if n == 0 or b >= len(self.trace.samples):
             return row
-        keep = math.floor(n * self.ratios[idx] + 1e-9)
+        keep = _keep_count(n, self.ratios[idx])
         vision_ordinal = fwd.ordinal[b:b + 1].gather(1, vision_index)  # (1, n)
         previous = fwd.previous_hidden
         ctx = ScoreContext(
@@ -507,6 +507,12 @@ class _ValidRowsMLP:
 
 
 # ---------------------------------------------------------------------- tensor helpers
+def _keep_count(n: int, ratio: float) -> int:
+    """Vision tokens a sample with ``n`` alive keeps at a stage of keep ratio ``ratio``: ⌊n × r⌋
+    (the epsilon keeps 0.29 × 100, 28.999…, at 29), as :meth:`DropSchedule.alive_per_layer` counts them."""
+    return math.floor(n * ratio + 1e-9)
+
+
 def _take(tensor: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
     """Per-sample gather along ``dim``: ``tensor`` is ``(B or 1, ..., S, ...)`` with the batch
     in dim 0 (or dim 1 for ``(3, B, S)`` M-RoPE ids), ``index`` is ``(B, S')``."""
