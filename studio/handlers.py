@@ -414,7 +414,7 @@ class Studio:
             return
         turns_full, turns_drop = list(state.turns_full), list(state.turns_drop)
         state.seed = secrets.randbelow(2 ** 31)  # the random baseline's draw for this run (shown, reproducible)
-        tags = ([t[0] for t in state.turn_notes], [t[1] for t in state.turn_notes])
+        tags = _tags(state)
         caveat = self._model_note(turn, state)  # shown before the answers, not after
         yield (messages(turns_full, (turn.question, ""), tags[0]), messages(turns_drop, (turn.question, ""), tags[1]),
                notice(caveat, "warn") if caveat else notice("Generating (unpruned and V²Drop, interleaved)…"),
@@ -507,7 +507,7 @@ class Studio:
         visuals = run_visuals(event.trace, state.stats, turn.media, state.trace_file, state.matters, matters_note)
         if lesson.objects:  # "This run" knows what happened to the question's objects
             visuals.story += f"\n\n**The question's objects in this run:** {lesson.objects}"
-        tags = ([t[0] for t in state.turn_notes], [t[1] for t in state.turn_notes])
+        tags = _tags(state)
         return (messages(state.turns_full, tags=tags[0]), messages(state.turns_drop, tags=tags[1]),
                 notice(done, "ok"), state, gr.skip()) + visuals.values()
 
@@ -821,6 +821,11 @@ class Studio:
         last = self._card(state).num_layers - 1
         shown = whole_number(layer, 0, last)
         return (0 if shown is None or shown >= last else gr.skip()), gr.Timer(active=True), "⏸ Pause"
+
+
+def _tags(state: PageState) -> tuple[list[str], list[str]]:
+    """The lines under the answers, one per finished turn: (unpruned pane's, V²Drop pane's)."""
+    return [t[0] for t in state.turn_notes], [t[1] for t in state.turn_notes]
 
 
 def _remove(path: str | None) -> None:
