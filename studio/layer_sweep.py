@@ -24,6 +24,7 @@ import torch
 
 from studio.lesson import is_right
 from studio.pair import _eos_ids, _media_inputs, _to_device
+from v2drop.adapters import decoder_depth
 from v2drop.encoder_cache import shared_encoder_outputs
 from v2drop.engine import apply
 from v2drop.schedule import DropSchedule, first_layer_schedule
@@ -105,7 +106,7 @@ def run_layer_sweep(model: torch.nn.Module, processor: Any, image: Any, question
     """Answer ``question`` unpruned and, for every first drop layer that reaches ``reference``'s
     layer-averaged budget on ``num_vision_tokens`` tokens, under each of ``methods``."""
     start = time.perf_counter()
-    num_layers = _depth(model)
+    num_layers = decoder_depth(model)
     budget = reference.average_kept(num_layers, num_vision_tokens) / num_vision_tokens
     tokenizer = getattr(processor, "tokenizer", processor)
     eos = _eos_ids(model, processor)
@@ -136,17 +137,16 @@ def run_layer_sweep(model: torch.nn.Module, processor: Any, image: Any, question
     return sweep
 
 
-def _depth(model: torch.nn.Module) -> int:
-    from v2drop.adapters import decoder_depth
-
-    return decoder_depth(model)
+def _mark(right: bool | None) -> str:
+    """" ✅" / " ❌" after an answer, "" when no truth is known."""
+    return "" if right is None else (" ✅" if right else " ❌")
 
 
 def _cell(row: SweepRow | None) -> str:
     """"no ❌ 0 %": the answer, its verdict, the share of the tokens that matter alive."""
     if row is None:
         return "–"
-    mark = "" if row.right is None else (" ✅" if row.right else " ❌")
+    mark = _mark(row.right)
     alive = "" if row.alive_share is None else f" {100 * row.alive_share:.0f} %"
     return f"{row.answer or '(empty)'}{mark}{alive}"
 
@@ -156,8 +156,7 @@ def sweep_markdown(sweep: LayerSweep, whose: str = "the objects'") -> str:
     column per method; the schedules follow the table."""
     methods = list(dict.fromkeys(r.method for r in sweep.rows))
     expected = f" Expected: **{sweep.expected}**." if sweep.expected else ""
-    unpruned = f"{sweep.unpruned}" + ("" if sweep.expected is None else
-                                      (" ✅" if is_right(sweep.unpruned, sweep.expected) else " ❌"))
+    unpruned = sweep.unpruned + _mark(None if sweep.expected is None else is_right(sweep.unpruned, sweep.expected))
     alive = (f" Each cell: the answer, and the share of {whose} {sweep.tokens} patches still processed right "
              "after the first drop." if sweep.tokens
              else " Each cell: the answer. Mark what matters (or pick a gallery scene) to see how much of it survives.")
@@ -192,8 +191,8 @@ def tie_sentence(sweep: LayerSweep, thing: str = "the objects") -> str:
     parts = []
     for row in (r for r in sweep.rows if r.method == "v2drop"):
         fate = _fate(row.alive_share, thing)
-        mark = "" if row.right is None else (" ✅" if row.right else " ❌")
-        parts.append(f"at layer {row.first_layer}: " + (f"{fate}, " if fate else "") + f"“{row.answer}”{mark}")
+        where = f"at layer {row.first_layer}: " + (f"{fate}, " if fate else "")
+        parts.append(f"{where}“{row.answer}”{_mark(row.right)}")
     if not parts:
         return ""
     return f"Your question (“{sweep.question}”) with V²Drop, first drop " + "; ".join(parts) + "."
