@@ -53,6 +53,7 @@ from v2drop.trace import SampleTrace, Trace
 from v2drop.video import DecodedVideo
 from v2drop.video_inputs import frames_per_layout_frame, supports_video
 from visualize import overlay, story
+from visualize.layer_sweep import layer_sweep_chart
 
 __all__ = ["Studio", "notice", "messages"]
 
@@ -566,7 +567,6 @@ class Studio:
         state.layer_sweep = sweep.to_dict()
         whose = owner_of(matters.get("objects", []), matters.get("source", ""))
         thing = whose[:-2] if whose.endswith("'s") else whose.rstrip("'")
-        from visualize.layer_sweep import layer_sweep_chart
         chart = layer_sweep_chart(sweep.to_dict())
         return (sweep_markdown(sweep, whose), gr.Plot(value=chart, visible=chart is not None),
                 "**This question, swept:** " + tie_sentence(sweep, thing), state)
