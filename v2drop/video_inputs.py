@@ -39,8 +39,8 @@ from .adapters import adapter_class, supported_architectures
 from .loading import has_video_processor
 from .video import DecodedVideo, VideoLimits, default_num_frames, load_video
 
-__all__ = ["supports_video", "video_inputs", "video_batch_inputs", "prepare_video", "video_model_types",
-           "frames_per_layout_frame", "layout_frame_to_video_frames"]
+__all__ = ["supports_video", "video_inputs", "video_batch_inputs", "prepare_video", "load_model_video",
+           "video_model_types", "frames_per_layout_frame", "layout_frame_to_video_frames"]
 
 Frames = Union[DecodedVideo, Sequence[Image.Image], np.ndarray]
 Prompt = Union[str, list]
@@ -159,14 +159,21 @@ def prepare_video(
     """Decode ``source``, sample ``num_frames`` (default: :func:`default_num_frames` for the
     model and its device) and build the inputs: ``(inputs, video)``. ``ValueError`` if the model
     takes no video or the file is unusable."""
+    video = load_model_video(model, source, num_frames, limits, max_side)
+    return video_inputs(processor, video, prompt, **kwargs), video
+
+
+def load_model_video(model: Any, source: Any, num_frames: int | None = None, limits: VideoLimits | None = None,
+                     max_side: int | None = None) -> DecodedVideo:
+    """Decode ``source`` for ``model``, sampled to ``num_frames`` (default: :func:`default_num_frames`
+    for the model and its device). ``ValueError`` if the model takes no video or the file is unusable."""
     if not supports_video(model):
         model_type = getattr(getattr(model, "config", model), "model_type", None)
         raise ValueError(f"{type(model).__name__} ({model_type}) does not take video input; "
                          f"video models: {', '.join(video_model_types())}")
     if num_frames is None:
         num_frames = default_num_frames(model)
-    video = load_video(source, num_frames=num_frames, limits=limits, max_side=max_side)
-    return video_inputs(processor, video, prompt, **kwargs), video
+    return load_video(source, num_frames=num_frames, limits=limits, max_side=max_side)
 
 
 # ---------------------------------------------------------------------- inputs

@@ -39,8 +39,8 @@ from ..engine import apply
 from ..loading import load_model
 from ..schedule import DropSchedule
 from ..scoring import available_methods, get_method
-from ..video import DecodedVideo, default_num_frames, load_video
-from ..video_inputs import supports_video, video_batch_inputs
+from ..video import DecodedVideo
+from ..video_inputs import load_model_video, video_batch_inputs
 from .inputs import chat_text, image_batch, is_video, strip_placeholders
 from .requests import Batch, batches, generation_kwargs, parse_schedule, truncate
 from .stats import EvalStats
@@ -223,10 +223,7 @@ class V2DropLMM(lmms):
 
     def _decode(self, path: str) -> DecodedVideo:
         """A video request's file, sampled to ``max_frames`` (or the model's default)."""
-        if not supports_video(self._model):
-            raise ValueError(f"{type(self._model).__name__} does not take video input")
-        frames = self.max_frames if self.max_frames is not None else default_num_frames(self._model)
-        return load_video(path, num_frames=frames)
+        return load_model_video(self._model, path, num_frames=self.max_frames)
 
     def _processor_call(self, images: list[Any], text: str) -> Any:
         inputs = self.processor(images=[i.convert("RGB") for i in images] or None, text=[text], return_tensors="pt")
