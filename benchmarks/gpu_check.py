@@ -266,6 +266,11 @@ def _last_logits(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
         return model(**inputs, logits_to_keep=1).logits[:, -1].float()      # (B, V)
 
 
+def _alone_logits(model: torch.nn.Module, processor: Any, settings: Settings) -> torch.Tensor:
+    """Each row of the ragged batch run alone: its last-token logits, stacked (3, V)."""
+    return torch.cat([_last_logits(model, _ragged_inputs(processor, settings, [i])) for i in range(3)])
+
+
 def section_ragged(settings: Settings) -> list[dict]:
     """A ragged batch (two image sizes + a text-only prompt) on Qwen2-VL-2B, per attention kernel
     (FlashAttention-2: the unpadded varlen path): keep-all = unmodified; under V²Drop each row's
@@ -284,10 +289,10 @@ def section_ragged(settings: Settings) -> list[dict]:
         ref = _last_logits(model, inputs)
         with apply(model, DropSchedule.keep_all([1, depth // 2])):
             keep_all = float((_last_logits(model, inputs) - ref).abs().max())
-        alone_ref = torch.cat([_last_logits(model, _ragged_inputs(processor, settings, [i])) for i in range(3)])
+        alone_ref = _alone_logits(model, processor, settings)
         with apply(model, schedule):
             pruned = _last_logits(model, inputs)
-            alone = torch.cat([_last_logits(model, _ragged_inputs(processor, settings, [i])) for i in range(3)])
+            alone = _alone_logits(model, processor, settings)
         noise = float((ref - alone_ref).abs().max())
         diff = float((pruned - alone).abs().max())
         tol = TOLERANCE.get(settings.dtype, 1e-2) * max(1.0, float(ref.abs().max()))
