@@ -61,14 +61,15 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer():
-    """Word-level fast tokenizer over ``scenes.VOCAB_WORDS`` plus special tokens."""
+def build_tokenizer(extra_words: tuple[str, ...] = ()):
+    """Word-level fast tokenizer over ``scenes.VOCAB_WORDS`` (then ``extra_words``, e.g. the
+    cell language of ``shapes.cells``) plus special tokens."""
     from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
     vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
-    for w in VOCAB_WORDS:
+    for w in list(VOCAB_WORDS) + list(extra_words):
         vocab.setdefault(w, len(vocab))
     tok = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
@@ -103,13 +104,14 @@ def build_image_processor():
     )
 
 
-def build_processor(target_dir: str | None = None):
-    """Build the ``LlavaProcessor`` (optionally saving it to ``target_dir``)."""
+def build_processor(target_dir: str | None = None, extra_words: tuple[str, ...] = ()):
+    """Build the ``LlavaProcessor`` (optionally saving it to ``target_dir``); ``extra_words``
+    extend the vocabulary (``build_tokenizer``)."""
     from transformers import LlavaProcessor
 
     proc = LlavaProcessor(
         image_processor=build_image_processor(),
-        tokenizer=build_tokenizer(),
+        tokenizer=build_tokenizer(extra_words),
         patch_size=PATCH_SIZE,
         vision_feature_select_strategy="full",
         num_additional_image_tokens=0,

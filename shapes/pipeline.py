@@ -35,14 +35,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import drawn, scenes
-from .model import build_model, build_processor
+from . import cells, drawn, scenes
+from .model import NUM_VISION_TOKENS, build_model, build_processor
 from .train import (VAL_SEED, AuxHead, Encoder, batch_patch_labels, curriculum_cap, init_position_embeddings,
                     lr_at, make_batch, param_groups, pixel_values_from_images, quick_val)
 
 STAGES = ("vision", "text", "align", "instruct")
 STREAM_OFFSETS = {"vision": 100_000, "text": 200_000, "align": 300_000, "instruct": 0}  # + --data-seed
 DESCRIBE = "describe the image ."
+TEXT_FORMATS = ("caption", "cells")
 DEFAULT_CKPT_DIR = os.path.join("ckpt", "pipeline")
 
 
@@ -68,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         ap.add_argument(f"--{name}-batch-size", type=int, default=batch)
         ap.add_argument(f"--{name}-lr", type=float, default=lr)
         ap.add_argument(f"--{name}-warmup", type=int, default=warmup)
+    ap.add_argument("--text-format", choices=TEXT_FORMATS, default="caption",
+                    help="caption: text documents open with the scene's dense caption and alignment captions "
+                         "pictures; cells: documents open with the scene as 256 cell words (shapes.cells) "
+                         "and alignment answers the same questions with the picture in the cells' place")
+    ap.add_argument("--align-lm-layers", type=int, default=0,
+                    help="align: also train the language model's first this many decoder layers (0: projector only)")
     ap.add_argument("--max-turns", type=int, default=10, help="question/answer turns per instruction chat")
     ap.add_argument("--curriculum", type=float, default=0.5,
                     help="instruct: share of the steps during which the objects besides the asked ones are capped")
@@ -98,7 +105,8 @@ class Pipeline:
 
     def __init__(self, args: argparse.Namespace, device: torch.device):
         self.args, self.device = args, device
-        self.processor = build_processor()
+        self.cells = args.text_format == "cells"
+        self.processor = build_processor(extra_words=cells.CELL_WORDS if self.cells else ())
         self.encoder = Encoder(self.processor.tokenizer)
         self.model = build_model(seed=args.seed, tokenizer=self.processor.tokenizer).to(device)
         torch.manual_seed(args.seed + 1)
@@ -120,7 +128,8 @@ class Pipeline:
         if stage == "text":
             return list(m.language_model.parameters())  # the output head is tied to the input embeddings
         if stage == "align":
-            return list(m.multi_modal_projector.parameters())
+            layers = m.language_model.layers[: self.args.align_lm_layers]
+            return list(m.multi_modal_projector.parameters()) + [p for layer in layers for p in layer.parameters()]
         return list(m.multi_modal_projector.parameters()) + list(m.language_model.parameters())
 
     def freeze_all_but(self, params: list[torch.nn.Parameter]) -> None:
@@ -150,18 +159,46 @@ class Pipeline:
 
     def text_loss(self, step: int, batch_size: int) -> torch.Tensor:
         samples = self.scenes_for("text", step, batch_size, n_extra=self.args.max_turns)
-        rows = [[self.encoder.bos] + self.encoder.words(text_document(s)) + [self.encoder.tok.eos_token_id]
-                for s in samples]
-        ids, attention = pad(rows, self.encoder.pad)
-        labels = ids.masked_fill(attention == 0, -100)
+        if self.cells:
+            ids, attention, labels = self.documents(samples, [self.cell_ids(s) for s in samples])
+        else:
+            rows = [[self.encoder.bos] + self.encoder.words(text_document(s)) + [self.encoder.tok.eos_token_id]
+                    for s in samples]
+            ids, attention = pad(rows, self.encoder.pad)
+            labels = ids.masked_fill(attention == 0, -100)
         lm = self.model.model.language_model
         hidden = lm(input_ids=ids.to(self.device), attention_mask=attention.to(self.device)).last_hidden_state
         logits = self.model.lm_head(hidden)
         return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten().to(self.device),
                                                  ignore_index=-100)
 
+    def cell_ids(self, sample: scenes.Sample) -> list[int]:
+        return self.encoder.tok.convert_tokens_to_ids(cells.cell_words(sample.objects))
+
+    def documents(self, samples: list[scenes.Sample], prefixes: list[list[int]]):
+        """Cell-format documents: ``<s>``, a 256-token prefix (cell words or ``<image>`` tokens),
+        the questions and answers, the end token.  -> (ids, attention, labels); the loss covers
+        the text after the prefix."""
+        rows = [[self.encoder.bos] + p + self.encoder.words(cells.qa_text(s)) + [self.encoder.tok.eos_token_id]
+                for s, p in zip(samples, prefixes)]
+        ids, attention = pad(rows, self.encoder.pad)
+        labels = ids.masked_fill(attention == 0, -100)
+        labels[:, : 1 + NUM_VISION_TOKENS] = -100
+        return ids, attention, labels
+
+    def align_batch(self, samples: list[scenes.Sample]) -> dict[str, torch.Tensor]:
+        """One alignment batch: captioning chats, or (cells) documents with the picture in the cells' place."""
+        if not self.cells:
+            batch, _ = make_batch(self.encoder, as_captioning(samples), 1)
+            return batch
+        ids, attention, labels = self.documents(samples, [[self.encoder.image] * NUM_VISION_TOKENS] * len(samples))
+        return {"input_ids": ids, "attention_mask": attention, "labels": labels,
+                "pixel_values": pixel_values_from_images([s.image for s in samples])}
+
     def align_loss(self, step: int, batch_size: int) -> torch.Tensor:
-        return self.chat_loss(as_captioning(self.scenes_for("align", step, batch_size)))
+        extra = {"n_extra": self.args.max_turns} if self.cells else {}
+        batch = self.align_batch(self.scenes_for("align", step, batch_size, **extra))
+        return self.model(**{k: v.to(self.device) for k, v in batch.items()}).loss
 
     def instruct_loss(self, step: int, batch_size: int) -> torch.Tensor:
         cap = curriculum_cap(step, self.args.instruct_steps, self.args.curriculum)
@@ -249,9 +286,13 @@ def stage_report(pipe: Pipeline, stage: str) -> str:
                 feats = pipe.vision_features(pixel_values_from_images([s.image for s in held_out]))
             parts.append(f"{name} {pipe.probe.object_shape_accuracy(feats, held_out):.3f}")
         return "object shape acc " + " ".join(parts)
+    if stage == "text" and pipe.cells:
+        return "answer acc (cells) " + format_accuracy(document_accuracy(pipe, n, picture=False))
     if stage == "align":
         own, other = picture_gain(pipe, n // 4)
-        return f"caption loss own picture {own:.4f} another scene's picture {other:.4f}"
+        gain = f"held-out loss own picture {own:.4f} another scene's picture {other:.4f}"
+        return gain + (" | answer acc (picture) " + format_accuracy(document_accuracy(pipe, n, picture=True))
+                       if pipe.cells else "")
     if stage == "instruct":
         report = []
         for name, val in (("val", [scenes.sample(VAL_SEED, i) for i in range(n)]),
@@ -262,15 +303,41 @@ def stage_report(pipe: Pipeline, stage: str) -> str:
     return ""
 
 
+def format_accuracy(acc: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.3f}" for k, v in acc.items())
+
+
+def document_accuracy(pipe: Pipeline, n: int, picture: bool) -> dict[str, float]:
+    """Teacher-forced first-answer-word accuracy, per question type, on ``n`` held-out single-question
+    cell-format documents (question types round-robin), prefixed by the cell words or by the picture."""
+    samples = [scenes.sample(VAL_SEED, i) for i in range(n)]
+    prefixes = [[pipe.encoder.image] * NUM_VISION_TOKENS if picture else pipe.cell_ids(s) for s in samples]
+    rows = [[pipe.encoder.bos] + p + pipe.encoder.words(s.question) for s, p in zip(samples, prefixes)]
+    ids, attention = pad(rows, pipe.encoder.pad)
+    inputs = {"input_ids": ids.to(pipe.device), "attention_mask": attention.to(pipe.device)}
+    if picture:
+        inputs["pixel_values"] = pixel_values_from_images([s.image for s in samples]).to(pipe.device)
+    pipe.model.eval()
+    with torch.no_grad():
+        logits = pipe.model(**inputs).logits
+    last = attention.sum(1) - 1
+    guess = logits[torch.arange(len(rows)), last.to(pipe.device)].argmax(-1).tolist()
+    right: dict[str, list[bool]] = {}
+    for s, g in zip(samples, guess):
+        right.setdefault(s.qtype, []).append(g == pipe.encoder.words(s.answer)[0])
+    acc = {k: float(np.mean(v)) for k, v in right.items()}
+    return {"all": float(np.mean(list(acc.values()))), **acc}
+
+
 def picture_gain(pipe: Pipeline, n: int) -> tuple[float, float]:
     """Held-out caption loss with each scene's own picture and with another scene's picture.
 
     Equal losses mean the language model does not read the picture: the captions are predicted
     from the language alone.  The gap is what the alignment stage has taught it to see."""
-    samples = as_captioning([drawn.training_sample(VAL_SEED + 3, i, pipe.args.drawn_share, balanced=False)
-                             for i in range(n)])
-    batch, _ = make_batch(pipe.encoder, samples, 1)
-    batch = {k: v.to(pipe.device) for k, v in batch.items()}
+    extra = {"n_extra": pipe.args.max_turns} if pipe.cells else {}
+    samples = [drawn.training_sample(VAL_SEED + 3, i, pipe.args.drawn_share, balanced=False, **extra)
+               for i in range(n)]
+    batch = {k: v.to(pipe.device) for k, v in pipe.align_batch(samples).items()}
     pipe.model.eval()
     with torch.no_grad():
         own = pipe.model(**batch).loss.item()

@@ -1,0 +1,63 @@
+"""The cell language: a scene written as 256 words, one per vision token, in raster order.
+
+Real LLMs reach vision with retrieval heads that web-scale text grew for them: heads that find,
+in a long prefix, the few tokens a question is about.  The Shapes language model is pretrained on
+a few thousand documents, so ``shapes.pipeline --text-format cells`` gives its text corpus that
+shape: every document starts with the scene as 256 cell words (the same 16x16 raster as the
+vision tokens, top row first) and goes on with questions about it and their answers::
+
+    bg bg red_circle bg ... red_circle_tl ... bg   how many circles are there ? one . ...
+
+A cell word says what the patch shows, as the vision tower's own patch labels do
+(``shapes.train.patch_labels``): ``bg`` for background, ``red_circle`` for a patch covered by a
+red circle, and, on the patch that holds an object's centre, ``red_circle_tl``: the same with
+the half of the picture it lies in (``t``/``b``, then ``l``/``r``).  Counting is counting the
+centre words, and a position question reads the centre word's halves; a language model that
+answers these documents has learned lookups over a 256-token prefix.  Alignment then teaches the
+projector to turn each patch into what its cell word would have been.
+"""
+
+from __future__ import annotations
+
+from . import scenes
+from .train import GRID, centre_patch, patch_labels
+
+BACKGROUND = "bg"
+HALVES = ("tl", "tr", "bl", "br")
+NUM_CELLS = GRID * GRID  # 256, one per vision token
+
+
+def _object_word(color: str, shape: str) -> str:
+    return f"{color}_{shape}"
+
+
+CELL_WORDS = tuple(
+    [BACKGROUND]
+    + [_object_word(c, s) for c in scenes.COLOR_NAMES for s in scenes.SHAPES]
+    + [f"{_object_word(c, s)}_{h}" for c in scenes.COLOR_NAMES for s in scenes.SHAPES for h in HALVES]
+)
+
+
+def half_of(cell: int) -> str:
+    """``tl``/``tr``/``bl``/``br``: the half, top or bottom then left or right, of a raster cell."""
+    row, col = divmod(cell, GRID)
+    return ("t" if row < GRID // 2 else "b") + ("l" if col < GRID // 2 else "r")
+
+
+def cell_words(objects: list[scenes.Obj]) -> list[str]:
+    """The 256 cell words of a scene, in raster order (the vision tokens' order)."""
+    shape_label, color_label, _ = patch_labels(objects)
+    words = [BACKGROUND] * NUM_CELLS
+    for cell in range(NUM_CELLS):
+        if shape_label[cell]:
+            words[cell] = _object_word(scenes.COLOR_NAMES[color_label[cell] - 1], scenes.SHAPES[shape_label[cell] - 1])
+    for o in objects:
+        cell = centre_patch(o)
+        words[cell] = f"{_object_word(o.color, o.shape)}_{half_of(cell)}"
+    return words
+
+
+def qa_text(sample: scenes.Sample) -> str:
+    """The sample's questions with their answers, as a document continues after the cells."""
+    turns = [(sample.question, sample.answer)] + [(q, a) for q, a, _ in sample.extra]
+    return " ".join(f"{q} {a} ." for q, a in turns)

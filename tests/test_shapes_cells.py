@@ -1,0 +1,85 @@
+"""The cell language (``shapes.cells``) and the cell-format documents of ``shapes.pipeline``."""
+
+from __future__ import annotations
+
+import torch
+
+from shapes import cells, scenes
+from shapes.model import NUM_VISION_TOKENS, build_processor, build_tokenizer
+from shapes.pipeline import Pipeline, build_parser
+from shapes.train import centre_patch
+
+
+def _objects():
+    return [scenes.Obj("circle", "red", x=20.0, y=20.0, r=14.0),      # top left, large
+            scenes.Obj("star", "blue", x=100.0, y=100.0, r=10.0)]     # bottom right, small
+
+
+def test_cell_words_mark_objects_and_their_centres():
+    words = cells.cell_words(_objects())
+    assert len(words) == cells.NUM_CELLS == NUM_VISION_TOKENS
+    assert set(words) <= set(cells.CELL_WORDS)
+    red, blue = _objects()
+    assert words[centre_patch(red)] == "red_circle_tl"
+    assert words[centre_patch(blue)] == "blue_star_br"
+    centres = [w for w in words if w.count("_") == 2]
+    assert sorted(centres) == ["blue_star_br", "red_circle_tl"]  # one centre word per object
+    assert words.count("red_circle") >= 8   # a large circle covers many patches
+    assert words[0] == words[15] == words[255] == cells.BACKGROUND  # corners are empty
+
+
+def test_half_of_splits_the_raster_at_the_midlines():
+    assert [cells.half_of(c) for c in (0, 15, 16 * 15, 255)] == ["tl", "tr", "bl", "br"]
+    assert cells.half_of(7 * 16 + 7) == "tl" and cells.half_of(8 * 16 + 8) == "br"
+
+
+def test_generated_scenes_have_one_centre_word_per_object():
+    for i in range(20):
+        s = scenes.sample(scenes.TRAIN_SEED, i, balanced=False)
+        words = cells.cell_words(s.objects)
+        assert sum(w.count("_") == 2 for w in words) == len(s.objects)
+
+
+def test_extra_words_extend_the_vocabulary_without_moving_it():
+    base, wide = build_tokenizer(), build_tokenizer(cells.CELL_WORDS)
+    assert all(wide.convert_tokens_to_ids(w) == i for w, i in base.get_vocab().items())
+    ids = wide.encode(" ".join(cells.CELL_WORDS), add_special_tokens=False)
+    assert len(ids) == len(cells.CELL_WORDS) and wide.unk_token_id not in ids
+    assert len(build_processor(extra_words=cells.CELL_WORDS).tokenizer) == len(base) + len(cells.CELL_WORDS)
+
+
+def _pipeline() -> Pipeline:
+    args = build_parser().parse_args(["--text-format", "cells", "--val-size", "8"])
+    return Pipeline(args, torch.device("cpu"))
+
+
+def test_documents_put_the_loss_on_the_text_after_the_prefix_only():
+    pipe = _pipeline()
+    samples = [scenes.sample(scenes.TRAIN_SEED, i, n_extra=3) for i in range(2)]
+    ids, attention, labels = pipe.documents(samples, [pipe.cell_ids(s) for s in samples])
+    words = pipe.encoder.tok.convert_ids_to_tokens(ids[0, 1:1 + NUM_VISION_TOKENS].tolist())
+    assert words == cells.cell_words(samples[0].objects)
+    assert (labels[:, : 1 + NUM_VISION_TOKENS] == -100).all()
+    n = int(attention[0].sum())
+    assert (labels[0, 1 + NUM_VISION_TOKENS: n] == ids[0, 1 + NUM_VISION_TOKENS: n]).all()
+    assert (labels[0, n:] == -100).all()
+    answer = pipe.encoder.words(samples[0].answer)[0]
+    assert answer in labels[0].tolist()
+
+
+def test_alignment_documents_put_the_picture_where_the_cells_were():
+    pipe = _pipeline()
+    samples = [scenes.sample(scenes.TRAIN_SEED, i, n_extra=2) for i in range(3)]
+    batch = pipe.align_batch(samples)
+    assert (batch["input_ids"] == pipe.encoder.image).sum(1).tolist() == [NUM_VISION_TOKENS] * 3
+    assert batch["pixel_values"].shape == (3, 3, scenes.IMAGE_SIZE, scenes.IMAGE_SIZE)
+    loss = pipe.model(**batch).loss
+    assert torch.isfinite(loss)
+
+
+def test_document_accuracy_reports_every_question_type():
+    from shapes.pipeline import document_accuracy
+
+    acc = document_accuracy(_pipeline(), 8, picture=True)
+    assert set(acc) == {"all", *scenes.QTYPES}
+    assert all(0.0 <= v <= 1.0 for v in acc.values())
