@@ -19,6 +19,8 @@ projector to turn each patch into what its cell word would have been.
 
 from __future__ import annotations
 
+import torch
+
 from . import scenes
 from .train import GRID, centre_patch, patch_labels
 
@@ -61,3 +63,23 @@ def qa_text(sample: scenes.Sample) -> str:
     """The sample's questions with their answers, as a document continues after the cells."""
     turns = [(sample.question, sample.answer)] + [(q, a) for q, a, _ in sample.extra]
     return " ".join(f"{q} {a} ." for q, a in turns)
+
+
+def parts(word: str) -> list[str]:
+    """The ordinary words a cell word joins: ``red_star_tl`` -> red, star, top, left; ``bg`` -> none."""
+    if word == BACKGROUND:
+        return []
+    color, shape, *half = word.split("_")
+    where = [{"t": "top", "b": "bottom"}[half[0][0]], {"l": "left", "r": "right"}[half[0][1]]] if half else []
+    return [color, shape, *where]
+
+
+@torch.no_grad()
+def compose_embeddings(embedding: torch.nn.Embedding, tokenizer) -> None:
+    """Start every cell word's embedding at the sum of its parts' embeddings, so that the question
+    word ``star`` and the 35 cell words of stars share a direction from the first step (the usual
+    way to initialise tokens added to a vocabulary: from the words they are made of)."""
+    ids = tokenizer.convert_tokens_to_ids
+    for word in CELL_WORDS:
+        if parts(word):
+            embedding.weight[ids(word)] = embedding.weight[ids(parts(word))].sum(0)

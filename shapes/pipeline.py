@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="caption: text documents open with the scene's dense caption and alignment captions "
                          "pictures; cells: documents open with the scene as 256 cell words (shapes.cells) "
                          "and alignment answers the same questions with the picture in the cells' place")
+    ap.add_argument("--cell-init", choices=("random", "compose"), default="random",
+                    help="cells: start each cell word's embedding at the sum of its parts' (red_star_tl = red + "
+                         "star + top + left), as new tokens are often initialised from the words they join")
+    ap.add_argument("--text-curriculum", type=float, default=0.0,
+                    help="text: share of the steps during which the objects besides the asked ones are capped "
+                         "(0 at first, growing to 5; 0: no curriculum)")
     ap.add_argument("--align-lm-layers", type=int, default=0,
                     help="align: also train the language model's first this many decoder layers (0: projector only)")
     ap.add_argument("--max-turns", type=int, default=10, help="question/answer turns per instruction chat")
@@ -112,6 +118,8 @@ class Pipeline:
         torch.manual_seed(args.seed + 1)
         if args.pos_init > 0:
             init_position_embeddings(self.model, args.pos_init)
+        if self.cells and args.cell_init == "compose":
+            cells.compose_embeddings(self.model.get_input_embeddings(), self.processor.tokenizer)
         width = self.model.config.vision_config.hidden_size
         n_shape, n_colour = len(scenes.SHAPES), len(scenes.COLOR_NAMES)
         self.label_vectors = torch.nn.Embedding(n_shape + n_colour, width).to(device)
@@ -158,7 +166,8 @@ class Pipeline:
         return self.probe.loss(feats, batch_patch_labels(samples, self.device))
 
     def text_loss(self, step: int, batch_size: int) -> torch.Tensor:
-        samples = self.scenes_for("text", step, batch_size, n_extra=self.args.max_turns)
+        cap = curriculum_cap(step, self.args.text_steps, self.args.text_curriculum)
+        samples = self.scenes_for("text", step, batch_size, n_extra=self.args.max_turns, max_others=cap)
         if self.cells:
             ids, attention, labels = self.documents(samples, [self.cell_ids(s) for s in samples])
         else:
