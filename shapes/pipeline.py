@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--text-curriculum", type=float, default=0.0,
                     help="text: share of the steps during which the objects besides the asked ones are capped "
                          "(0 at first, growing to 5; 0: no curriculum)")
+    ap.add_argument("--cell-curriculum", type=float, default=0.0,
+                    help="cells, text: share of the steps during which only part of the background cells is "
+                         "written (none at first, all at the end of that share), so the prefix grows from the "
+                         "object cells to all 256 (0: always all 256)")
     ap.add_argument("--align-lm-layers", type=int, default=0,
                     help="align: also train the language model's first this many decoder layers (0: projector only)")
     ap.add_argument("--max-turns", type=int, default=10, help="question/answer turns per instruction chat")
@@ -169,7 +173,9 @@ class Pipeline:
         cap = curriculum_cap(step, self.args.text_steps, self.args.text_curriculum)
         samples = self.scenes_for("text", step, batch_size, n_extra=self.args.max_turns, max_others=cap)
         if self.cells:
-            ids, attention, labels = self.documents(samples, [self.cell_ids(s) for s in samples])
+            share = background_share(step, self.args.text_steps, self.args.cell_curriculum)
+            prefixes = [self.cell_ids(s, share, (self.args.data_seed, step, j)) for j, s in enumerate(samples)]
+            ids, attention, labels = self.documents(samples, prefixes)
         else:
             rows = [[self.encoder.bos] + self.encoder.words(text_document(s)) + [self.encoder.tok.eos_token_id]
                     for s in samples]
@@ -181,8 +187,14 @@ class Pipeline:
         return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten().to(self.device),
                                                  ignore_index=-100)
 
-    def cell_ids(self, sample: scenes.Sample) -> list[int]:
-        return self.encoder.tok.convert_tokens_to_ids(cells.cell_words(sample.objects))
+    def cell_ids(self, sample: scenes.Sample, background_share: float = 1.0, seed: tuple = ()) -> list[int]:
+        """The sample's cell words as ids; with ``background_share`` < 1 only that share of the
+        background cells (drawn from ``seed``) stays in the prefix (``--cell-curriculum``)."""
+        words = cells.cell_words(sample.objects)
+        if background_share < 1.0:
+            keep = np.random.default_rng(list(seed)).random(len(words)) < background_share
+            words = [w for w, k in zip(words, keep) if k or w != cells.BACKGROUND]
+        return self.encoder.tok.convert_tokens_to_ids(words)
 
     def documents(self, samples: list[scenes.Sample], prefixes: list[list[int]]):
         """Cell-format documents: ``<s>``, a 256-token prefix (cell words or ``<image>`` tokens),
@@ -192,7 +204,8 @@ class Pipeline:
                 for s, p in zip(samples, prefixes)]
         ids, attention = pad(rows, self.encoder.pad)
         labels = ids.masked_fill(attention == 0, -100)
-        labels[:, : 1 + NUM_VISION_TOKENS] = -100
+        for row, prefix in enumerate(prefixes):
+            labels[row, : 1 + len(prefix)] = -100
         return ids, attention, labels
 
     def align_batch(self, samples: list[scenes.Sample]) -> dict[str, torch.Tensor]:
@@ -222,6 +235,12 @@ class Pipeline:
     def chat_loss(self, samples: list[scenes.Sample]) -> torch.Tensor:
         batch, _ = make_batch(self.encoder, samples, self.args.max_turns)
         return self.model(**{k: v.to(self.device) for k, v in batch.items()}).loss
+
+
+def background_share(step: int, total: int, frac: float) -> float:
+    """The share of background cells written at ``step`` of ``total`` under ``--cell-curriculum frac``:
+    0 at the start, growing linearly to 1 at ``frac * total`` steps, 1 after."""
+    return 1.0 if frac <= 0 else min(1.0, step / (frac * total))
 
 
 def as_captioning(samples: list[scenes.Sample]) -> list[scenes.Sample]:

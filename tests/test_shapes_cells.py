@@ -83,3 +83,21 @@ def test_document_accuracy_reports_every_question_type():
     acc = document_accuracy(_pipeline(), 8, picture=True)
     assert set(acc) == {"all", *scenes.QTYPES}
     assert all(0.0 <= v <= 1.0 for v in acc.values())
+
+
+def test_cell_curriculum_writes_object_cells_and_a_growing_share_of_the_background():
+    from shapes.pipeline import background_share
+
+    assert [background_share(s, 100, 0.5) for s in (0, 25, 50, 99)] == [0.0, 0.5, 1.0, 1.0]
+    assert background_share(0, 100, 0.0) == 1.0
+    pipe = _pipeline()
+    sample = scenes.sample(scenes.TRAIN_SEED, 0, n_extra=2)
+    words = cells.cell_words(sample.objects)
+    objects_only = pipe.encoder.tok.convert_ids_to_tokens(pipe.cell_ids(sample, 0.0, (1, 2, 3)))
+    assert objects_only == [w for w in words if w != cells.BACKGROUND]   # raster order kept
+    half = pipe.cell_ids(sample, 0.5, (1, 2, 3))
+    assert len(objects_only) < len(half) < len(words) and half == pipe.cell_ids(sample, 0.5, (1, 2, 3))
+    ids, attention, labels = pipe.documents([sample, sample], [pipe.cell_ids(sample, 0.0, (1,)), pipe.cell_ids(sample)])
+    short = 1 + len(objects_only)
+    assert (labels[0, :short] == -100).all() and labels[0, short] == ids[0, short]
+    assert (labels[1, : 1 + NUM_VISION_TOKENS] == -100).all()
