@@ -18,6 +18,13 @@ stages; it follows the LLaVA pipeline, scaled down:
    scene, loss on the answers and their end token); projector and language model train,
    the vision tower stays frozen (as in LLaVA-1.5).
 
+``--text-format cells`` (issue 28) changes what the text and alignment stages read, not what they
+are: the text documents open with the scene written as 256 cell words, one per vision token in
+raster order (``shapes.cells``), so that the language model needs lookups over a 256-token prefix
+to answer the questions that follow; alignment gives it the same documents with the picture in
+the cells' place (still projector only unless ``--align-lm-layers``).  ``--cell-init compose``,
+``--text-curriculum`` and ``--cell-curriculum`` are the variants tried (``shapes/README.md``).
+
 Every stage draws a ``--drawn-share`` of its scenes the way people draw them
 (``shapes.drawn``: flat canvases, paint colours, any aspect ratio, with or without
 anti-aliasing).  Resumable (``--resume``) at any step of any stage from ``--ckpt-dir``;
