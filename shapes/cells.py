@@ -59,12 +59,6 @@ def cell_words(objects: list[scenes.Obj]) -> list[str]:
     return words
 
 
-def qa_text(sample: scenes.Sample) -> str:
-    """The sample's questions with their answers, as a document continues after the cells."""
-    turns = [(sample.question, sample.answer)] + [(q, a) for q, a, _ in sample.extra]
-    return " ".join(f"{q} {a} ." for q, a in turns)
-
-
 def parts(word: str) -> list[str]:
     """The ordinary words a cell word joins: ``red_star_tl`` -> red, star, top, left; ``bg`` -> none."""
     if word == BACKGROUND:

@@ -184,7 +184,7 @@ class Pipeline:
             prefixes = [self.cell_ids(s, share, (self.args.data_seed, step, j)) for j, s in enumerate(samples)]
             ids, attention, labels = self.documents(samples, prefixes)
         else:
-            rows = [[self.encoder.bos] + self.encoder.words(text_document(s)) + [self.encoder.tok.eos_token_id]
+            rows = [[self.encoder.bos] + self.token_ids(text_document(s)) + [self.encoder.tok.eos_token_id]
                     for s in samples]
             ids, attention = pad(rows, self.encoder.pad)
             labels = ids.masked_fill(attention == 0, -100)
@@ -193,6 +193,15 @@ class Pipeline:
         logits = self.model.lm_head(hidden)
         return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten().to(self.device),
                                                  ignore_index=-100)
+
+    def token_ids(self, text: str) -> list[int]:
+        """A document's token ids (not through ``Encoder.words``' cache: every document is new)."""
+        return self.encoder.tok.encode(text, add_special_tokens=False)
+
+    @property
+    def align_turns(self) -> dict[str, int]:
+        """The extra questions an alignment scene carries: cell documents ask them all, captions none."""
+        return {"n_extra": self.args.max_turns} if self.cells else {}
 
     def cell_ids(self, sample: scenes.Sample, background_share: float = 1.0, seed: tuple = ()) -> list[int]:
         """The sample's cell words as ids; with ``background_share`` < 1 only that share of the
@@ -207,7 +216,7 @@ class Pipeline:
         """Cell-format documents: ``<s>``, a 256-token prefix (cell words or ``<image>`` tokens),
         the questions and answers, the end token.  -> (ids, attention, labels); the loss covers
         the text after the prefix."""
-        rows = [[self.encoder.bos] + p + self.encoder.words(cells.qa_text(s)) + [self.encoder.tok.eos_token_id]
+        rows = [[self.encoder.bos] + p + self.token_ids(qa_text(s)) + [self.encoder.tok.eos_token_id]
                 for s, p in zip(samples, prefixes)]
         ids, attention = pad(rows, self.encoder.pad)
         labels = ids.masked_fill(attention == 0, -100)
@@ -225,8 +234,7 @@ class Pipeline:
                 "pixel_values": pixel_values_from_images([s.image for s in samples])}
 
     def align_loss(self, step: int, batch_size: int) -> torch.Tensor:
-        extra = {"n_extra": self.args.max_turns} if self.cells else {}
-        batch = self.align_batch(self.scenes_for("align", step, batch_size, **extra))
+        batch = self.align_batch(self.scenes_for("align", step, batch_size, **self.align_turns))
         return self.model(**{k: v.to(self.device) for k, v in batch.items()}).loss
 
     def instruct_loss(self, step: int, batch_size: int) -> torch.Tensor:
@@ -257,10 +265,15 @@ def as_captioning(samples: list[scenes.Sample]) -> list[scenes.Sample]:
     return samples
 
 
+def qa_text(sample: scenes.Sample) -> str:
+    """The sample's questions with their answers, as a text document goes on after the scene."""
+    turns = [(sample.question, sample.answer)] + [(q, a) for q, a, _ in sample.extra]
+    return " ".join(f"{q} {a} ." for q, a in turns)
+
+
 def text_document(sample: scenes.Sample) -> str:
     """A text-only training document: the scene's caption, then its questions with their answers."""
-    turns = [(sample.question, sample.answer)] + [(q, a) for q, a, _ in sample.extra]
-    return scenes.caption(sample.objects) + " " + " ".join(f"{q} {a} ." for q, a in turns)
+    return scenes.caption(sample.objects) + " " + qa_text(sample)
 
 
 def pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -333,7 +346,7 @@ def stage_report(pipe: Pipeline, stage: str) -> str:
         for name, val in (("val", [scenes.sample(VAL_SEED, i) for i in range(n)]),
                           ("drawn", drawn.benchmark(n, seed=VAL_SEED + 2))):
             acc = quick_val(pipe.model, pipe.encoder, val, pipe.device)
-            report.append(f"{name} " + " ".join(f"{k}={v:.3f}" for k, v in acc.items()))
+            report.append(f"{name} " + format_accuracy(acc))
         return " | ".join(report)
     return ""
 
@@ -369,8 +382,7 @@ def picture_gain(pipe: Pipeline, n: int) -> tuple[float, float]:
 
     Equal losses mean the language model does not read the picture: the captions are predicted
     from the language alone.  The gap is what the alignment stage has taught it to see."""
-    extra = {"n_extra": pipe.args.max_turns} if pipe.cells else {}
-    samples = [drawn.training_sample(VAL_SEED + 3, i, pipe.args.drawn_share, balanced=False, **extra)
+    samples = [drawn.training_sample(VAL_SEED + 3, i, pipe.args.drawn_share, balanced=False, **pipe.align_turns)
                for i in range(n)]
     batch = {k: v.to(pipe.device) for k, v in pipe.align_batch(samples).items()}
     pipe.model.eval()
