@@ -24,6 +24,10 @@ raster order (``shapes.cells``), so that the language model needs lookups over a
 to answer the questions that follow; alignment gives it the same documents with the picture in
 the cells' place (still projector only unless ``--align-lm-layers``).  ``--cell-init compose``,
 ``--text-curriculum`` and ``--cell-curriculum`` are the variants tried (``shapes/README.md``).
+``--text-format cell-chats`` writes the same cells and questions in the chat template that
+alignment, instruction tuning and the app use (``<|user|>`` cells, question ``<|end|>``
+``<|assistant|>`` answer ``<|end|>`` ...), loss on the answers: a text-only chat model, as LLaVA
+starts from Vicuna rather than from a base model.
 
 Every stage draws a ``--drawn-share`` of its scenes the way people draw them
 (``shapes.drawn``: flat canvases, paint colours, any aspect ratio, with or without
@@ -44,13 +48,13 @@ import torch
 
 from . import cells, drawn, scenes
 from .model import NUM_VISION_TOKENS, build_model, build_processor
-from .train import (VAL_SEED, AuxHead, Encoder, batch_patch_labels, curriculum_cap, init_position_embeddings,
+from .train import (IMAGE_START, VAL_SEED, AuxHead, Encoder, batch_patch_labels, curriculum_cap, init_position_embeddings,
                     lr_at, make_batch, param_groups, pixel_values_from_images, quick_val)
 
 STAGES = ("vision", "text", "align", "instruct")
 STREAM_OFFSETS = {"vision": 100_000, "text": 200_000, "align": 300_000, "instruct": 0}  # + --data-seed
 DESCRIBE = "describe the image ."
-TEXT_FORMATS = ("caption", "cells")
+TEXT_FORMATS = ("caption", "cells", "cell-chats")
 DEFAULT_CKPT_DIR = os.path.join("ckpt", "pipeline")
 
 
@@ -79,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--text-format", choices=TEXT_FORMATS, default="caption",
                     help="caption: text documents open with the scene's dense caption and alignment captions "
                          "pictures; cells: documents open with the scene as 256 cell words (shapes.cells) "
-                         "and alignment answers the same questions with the picture in the cells' place")
+                         "and alignment answers the same questions with the picture in the cells' place; "
+                         "cell-chats: the same cells and questions as chats in the app's chat template")
     ap.add_argument("--cell-init", choices=("random", "compose"), default="random",
                     help="cells: start each cell word's embedding at the sum of its parts' (red_star_tl = red + "
                          "star + top + left), as new tokens are often initialised from the words they join")
@@ -122,7 +127,8 @@ class Pipeline:
 
     def __init__(self, args: argparse.Namespace, device: torch.device):
         self.args, self.device = args, device
-        self.cells = args.text_format == "cells"
+        self.cells = args.text_format in ("cells", "cell-chats")
+        self.chats = args.text_format == "cell-chats"
         self.processor = build_processor(extra_words=cells.CELL_WORDS if self.cells else ())
         self.encoder = Encoder(self.processor.tokenizer)
         self.model = build_model(seed=args.seed, tokenizer=self.processor.tokenizer).to(device)
@@ -182,7 +188,8 @@ class Pipeline:
         if self.cells:
             share = background_share(step, self.args.text_steps, self.args.cell_curriculum)
             prefixes = [self.cell_ids(s, share, (self.args.data_seed, step, j)) for j, s in enumerate(samples)]
-            ids, attention, labels = self.documents(samples, prefixes)
+            ids, attention, labels = (self.chats_with(samples, prefixes) if self.chats
+                                      else self.documents(samples, prefixes))
         else:
             rows = [[self.encoder.bos] + self.token_ids(text_document(s)) + [self.encoder.tok.eos_token_id]
                     for s in samples]
@@ -224,10 +231,34 @@ class Pipeline:
             labels[row, : 1 + len(prefix)] = -100
         return ids, attention, labels
 
+    def chats_with(self, samples: list[scenes.Sample], prefixes: list[list[int]]):
+        """Cell-chat documents: each sample's questions as a chat (``Encoder.encode``, every turn)
+        with ``prefix`` in the image tokens' place.  -> (ids, attention, labels); loss on the answers."""
+        rows, label_rows = [], []
+        for s, prefix in zip(samples, prefixes):
+            ids, labels, _ = self.encoder.encode([(s.question, s.answer)] + [(q, a) for q, a, _ in s.extra])
+            end = IMAGE_START + NUM_VISION_TOKENS
+            rows.append(ids[:IMAGE_START] + prefix + ids[end:])
+            label_rows.append(labels[:IMAGE_START] + [-100] * len(prefix) + labels[end:])
+        ids, attention = pad(rows, self.encoder.pad)
+        labels, _ = pad(label_rows, -100)
+        return ids, attention, labels
+
+    def query_row(self, prefix: list[int], question: str) -> list[int]:
+        """A held-out query up to where its first answer word comes, in this format."""
+        if self.chats:
+            e = self.encoder
+            return [e.bos, e.user] + prefix + e.words(question) + [e.end, e.asst]
+        return [self.encoder.bos] + prefix + self.encoder.words(question)
+
     def align_batch(self, samples: list[scenes.Sample]) -> dict[str, torch.Tensor]:
-        """One alignment batch: captioning chats, or (cells) documents with the picture in the cells' place."""
+        """One alignment batch: captioning chats, or (cells) documents with the picture in the cells'
+        place, or (cell-chats) the same chats with the picture."""
         if not self.cells:
             batch, _ = make_batch(self.encoder, as_captioning(samples), 1)
+            return batch
+        if self.chats:
+            batch, _ = make_batch(self.encoder, samples, self.args.max_turns + 1)
             return batch
         ids, attention, labels = self.documents(samples, [[self.encoder.image] * NUM_VISION_TOKENS] * len(samples))
         return {"input_ids": ids, "attention_mask": attention, "labels": labels,
@@ -360,7 +391,7 @@ def document_accuracy(pipe: Pipeline, n: int, picture: bool) -> dict[str, float]
     cell-format documents (question types round-robin), prefixed by the cell words or by the picture."""
     samples = [scenes.sample(VAL_SEED, i) for i in range(n)]
     prefixes = [[pipe.encoder.image] * NUM_VISION_TOKENS if picture else pipe.cell_ids(s) for s in samples]
-    rows = [[pipe.encoder.bos] + p + pipe.encoder.words(s.question) for s, p in zip(samples, prefixes)]
+    rows = [pipe.query_row(p, s.question) for s, p in zip(samples, prefixes)]
     ids, attention = pad(rows, pipe.encoder.pad)
     inputs = {"input_ids": ids.to(pipe.device), "attention_mask": attention.to(pipe.device)}
     if picture:

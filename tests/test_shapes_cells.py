@@ -7,7 +7,7 @@ import torch
 from shapes import cells, scenes
 from shapes.model import NUM_VISION_TOKENS, build_processor, build_tokenizer
 from shapes.pipeline import Pipeline, build_parser
-from shapes.train import centre_patch
+from shapes.train import IMAGE_START, centre_patch
 
 
 def _objects():
@@ -48,8 +48,8 @@ def test_extra_words_extend_the_vocabulary_without_moving_it():
     assert len(build_processor(extra_words=cells.CELL_WORDS).tokenizer) == len(base) + len(cells.CELL_WORDS)
 
 
-def _pipeline() -> Pipeline:
-    args = build_parser().parse_args(["--text-format", "cells", "--val-size", "8"])
+def _pipeline(text_format: str = "cells") -> Pipeline:
+    args = build_parser().parse_args(["--text-format", text_format, "--val-size", "8"])
     return Pipeline(args, torch.device("cpu"))
 
 
@@ -101,3 +101,23 @@ def test_cell_curriculum_writes_object_cells_and_a_growing_share_of_the_backgrou
     short = 1 + len(objects_only)
     assert (labels[0, :short] == -100).all() and labels[0, short] == ids[0, short]
     assert (labels[1, : 1 + NUM_VISION_TOKENS] == -100).all()
+
+
+def test_cell_chats_are_the_picture_chats_with_the_cells_in_the_image_tokens_place():
+    pipe = _pipeline("cell-chats")
+    samples = [scenes.sample(scenes.TRAIN_SEED, i, n_extra=3) for i in range(2)]
+    picture = pipe.align_batch(samples)                  # what alignment and the app see
+    short = pipe.cell_ids(samples[1], 0.0, (1,))         # objects only (--cell-curriculum)
+    ids, attention, labels = pipe.chats_with(samples, [pipe.cell_ids(samples[0]), short])
+    start, end = IMAGE_START, IMAGE_START + NUM_VISION_TOKENS
+    assert (picture["input_ids"][0, start:end] == pipe.encoder.image).all()
+    assert pipe.encoder.tok.convert_ids_to_tokens(ids[0, start:end].tolist()) == cells.cell_words(samples[0].objects)
+    n = int(attention[0].sum())
+    assert ids[0, :start].tolist() == picture["input_ids"][0, :start].tolist()
+    assert ids[0, end:n].tolist() == picture["input_ids"][0, end:n].tolist()   # same turns after the prefix
+    assert labels[0, :n].tolist() == picture["labels"][0, :n].tolist()         # loss on the answers only
+    m = int(attention[1].sum())
+    cut = NUM_VISION_TOKENS - len(short)
+    assert labels[1, start + len(short):m].tolist() == picture["labels"][1, end:m + cut].tolist()
+    query = pipe.query_row([pipe.encoder.image] * NUM_VISION_TOKENS, samples[0].question)
+    assert query == picture["input_ids"][0, :len(query)].tolist()   # held-out queries in the same template
