@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default=os.path.join(DEFAULT_CKPT_DIR, "model"), help="where the model is saved")
     ap.add_argument("--ckpt-dir", default=os.environ.get("SHAPES_PIPELINE_CKPT_DIR", DEFAULT_CKPT_DIR))
     ap.add_argument("--resume", action="store_true", help="continue from --ckpt-dir/state.pt")
+    ap.add_argument("--init-from", metavar="STAGE_PT",
+                    help="start from a saved stage's weights (e.g. a committed text.pt) at --start-stage, "
+                         "skipping the stages before it (a recipe split into stages; --resume wins if state.pt exists)")
+    ap.add_argument("--start-stage", choices=STAGES, default="text", help="with --init-from: the first stage to run")
     for name, steps, batch, lr, warmup in (("vision", 2000, 32, 2e-3, 50), ("text", 600, 32, 1.5e-3, 50),
                                            ("align", 400, 16, 2e-3, 30), ("instruct", 2000, 16, 1e-3, 100)):
         ap.add_argument(f"--{name}-steps", type=int, default=steps)
@@ -337,6 +341,12 @@ class Progress:
         self.optimizer_state = ck["opt"]
         print(f"resumed at {self.stage} step {self.step}", flush=True)
 
+    def start_from(self, stage_pt: str, stage: str) -> None:
+        """Load a saved stage's weights and begin at ``stage``, step 0 (the stages before it count as done)."""
+        self.pipe.model.load_state_dict(torch.load(stage_pt, map_location=self.pipe.device)["model"])
+        self.stage, self.step = stage, 0
+        print(f"weights from {stage_pt}; starting at stage {stage}", flush=True)
+
     def save(self, stage: str, step: int, optimizer: torch.optim.Optimizer, force: bool = False) -> None:
         if not force and time.time() - self.saved_at < self.every:
             return
@@ -492,6 +502,8 @@ def main(argv: list[str] | None = None) -> None:
     progress = Progress(pipe, args.ckpt_dir, args.ckpt_minutes)
     if args.resume and os.path.exists(progress.path):
         progress.restore()
+    elif args.init_from:
+        progress.start_from(args.init_from, args.start_stage)
     for stage in stages_from(args):
         run_stage(pipe, stage, progress)
     save_model(pipe, args, progress.minutes)

@@ -121,3 +121,25 @@ def test_cell_chats_are_the_picture_chats_with_the_cells_in_the_image_tokens_pla
     assert labels[1, start + len(short):m].tolist() == picture["labels"][1, end:m + cut].tolist()
     query = pipe.query_row([pipe.encoder.image] * NUM_VISION_TOKENS, samples[0].question)
     assert query == picture["input_ids"][0, :len(query)].tolist()   # held-out queries in the same template
+
+
+def test_init_from_starts_a_split_recipe_at_its_stage_with_the_saved_weights(tmp_path, capsys):
+    from shapes.pipeline import main
+
+    source = _pipeline()
+    with torch.no_grad():
+        source.model.model.vision_tower.embeddings.patch_embedding.weight.add_(1.0)  # unlike any fresh init
+    torch.save({"model": source.model.state_dict()}, tmp_path / "text.pt")
+    out = tmp_path / "model"
+    main(["--text-format", "cells", "--init-from", str(tmp_path / "text.pt"), "--start-stage", "align",
+          "--align-steps", "1", "--align-batch-size", "2", "--instruct-steps", "0", "--val-size", "8",
+          "--threads", "1", "--ckpt-dir", str(tmp_path / "ckpt"), "--out", str(out)])
+    log = capsys.readouterr().out
+    assert "stage vision" not in log and "stage text" not in log and "stage align: steps 0..1" in log
+    saved = torch.load(tmp_path / "ckpt" / "align.pt")["model"]
+    before = source.model.state_dict()
+    tower = [k for k in saved if "vision_tower" in k]
+    assert tower and all(torch.equal(saved[k], before[k]) for k in tower)          # frozen, from the file
+    projector = [k for k in saved if "multi_modal_projector" in k]
+    assert any(not torch.equal(saved[k], before[k]) for k in projector)           # align trained it
+    assert (out / "training_args.json").exists()
