@@ -48,8 +48,8 @@ import torch
 
 from . import cells, drawn, scenes
 from .model import NUM_VISION_TOKENS, build_model, build_processor
-from .train import (IMAGE_START, VAL_SEED, AuxHead, Encoder, batch_patch_labels, curriculum_cap, init_position_embeddings,
-                    lr_at, make_batch, param_groups, pixel_values_from_images, quick_val)
+from .train import (IMAGE_START, VAL_SEED, AuxHead, Encoder, batch_patch_labels, curriculum_cap,
+                    init_position_embeddings, lr_at, make_batch, param_groups, pixel_values_from_images, quick_val)
 
 STAGES = ("vision", "text", "align", "instruct")
 STREAM_OFFSETS = {"vision": 100_000, "text": 200_000, "align": 300_000, "instruct": 0}  # + --data-seed
@@ -238,10 +238,9 @@ class Pipeline:
     def chats_with(self, samples: list[scenes.Sample], prefixes: list[list[int]]):
         """Cell-chat documents: each sample's questions as a chat (``Encoder.encode``, every turn)
         with ``prefix`` in the image tokens' place.  -> (ids, attention, labels); loss on the answers."""
-        rows, label_rows = [], []
+        rows, label_rows, end = [], [], IMAGE_START + NUM_VISION_TOKENS
         for s, prefix in zip(samples, prefixes):
-            ids, labels, _ = self.encoder.encode([(s.question, s.answer)] + [(q, a) for q, a, _ in s.extra])
-            end = IMAGE_START + NUM_VISION_TOKENS
+            ids, labels, _ = self.encoder.encode(qa_turns(s))
             rows.append(ids[:IMAGE_START] + prefix + ids[end:])
             label_rows.append(labels[:IMAGE_START] + [-100] * len(prefix) + labels[end:])
         ids, attention = pad(rows, self.encoder.pad)
@@ -300,10 +299,14 @@ def as_captioning(samples: list[scenes.Sample]) -> list[scenes.Sample]:
     return samples
 
 
+def qa_turns(sample: scenes.Sample) -> list[tuple[str, str]]:
+    """The sample's (question, answer) turns: its own question first, then every extra one."""
+    return [(sample.question, sample.answer)] + [(q, a) for q, a, _ in sample.extra]
+
+
 def qa_text(sample: scenes.Sample) -> str:
     """The sample's questions with their answers, as a text document goes on after the scene."""
-    turns = [(sample.question, sample.answer)] + [(q, a) for q, a, _ in sample.extra]
-    return " ".join(f"{q} {a} ." for q, a in turns)
+    return " ".join(f"{q} {a} ." for q, a in qa_turns(sample))
 
 
 def text_document(sample: scenes.Sample) -> str:
