@@ -101,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "object cells to all 256 (0: always all 256)")
     ap.add_argument("--align-lm-layers", type=int, default=0,
                     help="align: also train the language model's first this many decoder layers (0: projector only)")
+    ap.add_argument("--align-lm-lr", type=float, default=None,
+                    help="align: peak learning rate of those decoder layers (default: --align-lr, the projector's)")
+    ap.add_argument("--instruct-vision-lr", type=float, default=None,
+                    help="instruct: also train the vision tower, at this peak learning rate (default: frozen, "
+                         "as in LLaVA-1.5; LLaVA-OneVision trains it at a fifth of the language model's rate)")
+    ap.add_argument("--text-turns", type=int, default=None,
+                    help="text: questions per document, at most (default: --max-turns; a scene has ~18 on average)")
     ap.add_argument("--max-turns", type=int, default=10, help="question/answer turns per instruction chat")
     ap.add_argument("--curriculum", type=float, default=0.5,
                     help="instruct: share of the steps during which the objects besides the asked ones are capped")
@@ -156,10 +163,30 @@ class Pipeline:
                     + list(self.label_vectors.parameters()))
         if stage == "text":
             return list(m.language_model.parameters())  # the output head is tied to the input embeddings
+        chat = list(m.multi_modal_projector.parameters()) + self.slow_parameters(stage)[0]
+        return chat if stage == "align" else chat + list(m.language_model.parameters())
+
+    def slow_parameters(self, stage: str) -> tuple[list[torch.nn.Parameter], float]:
+        """The pretrained weights a chat stage trains at a rate of their own, and that rate: in
+        ``align`` the first ``--align-lm-layers`` decoder layers (``--align-lm-lr``), in ``instruct``
+        the vision tower when ``--instruct-vision-lr`` is set (frozen otherwise, as in LLaVA-1.5)."""
+        m, a = self.model.model, self.args
         if stage == "align":
-            layers = m.language_model.layers[: self.args.align_lm_layers]
-            return list(m.multi_modal_projector.parameters()) + [p for layer in layers for p in layer.parameters()]
-        return list(m.multi_modal_projector.parameters()) + list(m.language_model.parameters())
+            layers = m.language_model.layers[: a.align_lm_layers]
+            return [p for layer in layers for p in layer.parameters()], a.align_lm_lr or a.align_lr
+        if stage == "instruct" and a.instruct_vision_lr:
+            return list(m.vision_tower.parameters()), a.instruct_vision_lr
+        return [], 0.0
+
+    def optimizer_groups(self, stage: str, params: list[torch.nn.Parameter]) -> list[dict]:
+        """AdamW groups of ``params``; the slow ones (``slow_parameters``) carry ``lr_scale``, their
+        rate over the stage's, so that pretrained weights can move more slowly than the new projector."""
+        slow, slow_lr = self.slow_parameters(stage) if stage in ("align", "instruct") else ([], 0.0)
+        slow_ids = {id(p) for p in slow}
+        groups = param_groups([p for p in params if id(p) not in slow_ids], self.args.weight_decay)
+        for group in param_groups([p for p in params if id(p) in slow_ids], self.args.weight_decay):
+            groups.append({**group, "lr_scale": slow_lr / getattr(self.args, f"{stage}_lr")})
+        return [g for g in groups if g["params"]]
 
     def freeze_all_but(self, params: list[torch.nn.Parameter]) -> None:
         keep = {id(p) for p in params}
@@ -188,7 +215,8 @@ class Pipeline:
 
     def text_loss(self, step: int, batch_size: int) -> torch.Tensor:
         cap = curriculum_cap(step, self.args.text_steps, self.args.text_curriculum)
-        samples = self.scenes_for("text", step, batch_size, n_extra=self.args.max_turns, max_others=cap)
+        turns = self.args.max_turns if self.args.text_turns is None else self.args.text_turns
+        samples = self.scenes_for("text", step, batch_size, n_extra=turns, max_others=cap)
         if self.cells:
             share = background_share(step, self.args.text_steps, self.args.cell_curriculum)
             prefixes = [self.cell_ids(s, share, (self.args.data_seed, step, j)) for j, s in enumerate(samples)]
@@ -444,7 +472,7 @@ def run_stage(pipe: Pipeline, stage: Stage, progress: Progress) -> None:
         return
     params = pipe.trained_parameters(stage.name)
     pipe.freeze_all_but(params)
-    opt = torch.optim.AdamW(param_groups(params, pipe.args.weight_decay), lr=stage.lr, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(pipe.optimizer_groups(stage.name, params), lr=stage.lr, betas=(0.9, 0.98))
     if start > 0 and progress.optimizer_state is not None:
         opt.load_state_dict(progress.optimizer_state)
     pipe.model.train()
@@ -453,7 +481,7 @@ def run_stage(pipe: Pipeline, stage: Stage, progress: Progress) -> None:
     print(f"stage {stage.name}: steps {start}..{stage.steps}, batch {stage.batch_size}, lr {stage.lr}", flush=True)
     for step in range(start, stage.steps):
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, stage.steps, stage.lr, stage.warmup)
+            g["lr"] = lr_at(step, stage.steps, stage.lr, stage.warmup) * g.get("lr_scale", 1.0)
         loss = pipe.batch_loss(stage.name, step, stage.batch_size)
         opt.zero_grad(set_to_none=True)
         loss.backward()

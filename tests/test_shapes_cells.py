@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from shapes import cells, scenes
@@ -143,3 +144,59 @@ def test_init_from_starts_a_split_recipe_at_its_stage_with_the_saved_weights(tmp
     projector = [k for k in saved if "multi_modal_projector" in k]
     assert any(not torch.equal(saved[k], before[k]) for k in projector)           # align trained it
     assert (out / "training_args.json").exists()
+
+
+def test_align_lm_layers_train_at_their_own_learning_rate_and_the_rest_stays_frozen():
+    args = build_parser().parse_args(["--text-format", "cells", "--align-lm-layers", "2", "--align-lr", "2e-3",
+                                      "--align-lm-lr", "2e-4"])
+    pipe = Pipeline(args, torch.device("cpu"))
+    params = pipe.trained_parameters("align")
+    layers = pipe.model.model.language_model.layers
+    trained = {id(p) for p in params}
+    assert all(id(p) in trained for p in layers[1].parameters())
+    assert not any(id(p) in trained for p in layers[2].parameters())          # only the first two
+    groups = pipe.optimizer_groups("align", params)
+    by_param = {id(p): g.get("lr_scale", 1.0) for g in groups for p in g["params"]}
+    assert sum(len(g["params"]) for g in groups) == len(params)
+    assert by_param[id(layers[0].self_attn.q_proj.weight)] == pytest.approx(0.1)
+    assert by_param[id(next(pipe.model.model.multi_modal_projector.parameters()))] == 1.0
+    assert all("lr_scale" not in g for g in pipe.optimizer_groups("instruct", pipe.trained_parameters("instruct")))
+    tower = pipe.model.model.vision_tower
+    assert not any(id(p) in {id(q) for q in pipe.trained_parameters("instruct")} for p in tower.parameters())
+
+
+def test_instruct_vision_lr_unfreezes_the_tower_at_its_own_rate():
+    args = build_parser().parse_args(["--text-format", "cells", "--instruct-lr", "2e-4",
+                                      "--instruct-vision-lr", "4e-5"])
+    pipe = Pipeline(args, torch.device("cpu"))
+    params = pipe.trained_parameters("instruct")
+    m = pipe.model.model
+    trained = {id(p) for p in params}
+    for part in (m.vision_tower, m.multi_modal_projector, m.language_model):
+        assert all(id(p) in trained for p in part.parameters())
+    scale = {id(p): g.get("lr_scale", 1.0) for g in pipe.optimizer_groups("instruct", params) for p in g["params"]}
+    assert scale[id(m.vision_tower.embeddings.patch_embedding.weight)] == pytest.approx(0.2)
+    assert scale[id(m.language_model.layers[0].mlp.up_proj.weight)] == 1.0
+    pipe.freeze_all_but(params)
+    pipe.chat_loss([scenes.sample(scenes.TRAIN_SEED, i, n_extra=2) for i in range(2)]).backward()
+    assert m.vision_tower.embeddings.patch_embedding.weight.grad is not None   # the gradient reaches the tower
+
+
+def test_text_turns_sets_how_many_questions_a_text_document_asks():
+    class Seen(Exception):
+        """Carries the samples a text batch was built from, before any forward pass."""
+
+    def questions(extra: list[str]) -> int:
+        pipe = Pipeline(build_parser().parse_args(["--text-format", "cells", *extra]), torch.device("cpu"))
+
+        def documents(samples, prefixes):
+            raise Seen(samples)
+
+        pipe.documents = documents
+        with pytest.raises(Seen) as seen:
+            pipe.text_loss(0, 8)
+        return sum(len(s.extra) for s in seen.value.args[0])
+
+    few, default, many = questions(["--text-turns", "2"]), questions([]), questions(["--text-turns", "30"])
+    assert few == 8 * 2 and default <= 8 * 10  # the default asks --max-turns (10) at most
+    assert many > default + 8 * 3             # scenes have ~18 questions to ask on average
