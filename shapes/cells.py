@@ -77,3 +77,27 @@ def compose_embeddings(embedding: torch.nn.Embedding, tokenizer) -> None:
     for word in CELL_WORDS:
         if parts(word):
             embedding.weight[ids(word)] = embedding.weight[ids(parts(word))].sum(0)
+
+
+def kind_of(word: str) -> str:
+    """``background``, ``covered`` (a patch of an object) or ``centre`` (an object's centre patch)."""
+    return "background" if word == BACKGROUND else ("centre" if len(word.split("_")) == 3 else "covered")
+
+
+@torch.no_grad()
+def readout(patches: torch.Tensor, embedding: torch.nn.Embedding, tokenizer,
+            objects: list[list[scenes.Obj]]) -> dict[str, float]:
+    """How close alignment brought each patch to its cell word: the share of patches whose nearest
+    cell-word embedding (cosine) is their own cell word, per kind of patch, and the share of centre
+    patches whose nearest word has the right colour and shape whatever its half.
+
+    ``patches``: (batch, 256, hidden), the projector's output for the scenes in ``objects``."""
+    vocab = embedding.weight[tokenizer.convert_tokens_to_ids(list(CELL_WORDS))]          # (words, hidden)
+    sims = torch.nn.functional.normalize(patches, dim=-1) @ torch.nn.functional.normalize(vocab, dim=-1).T
+    hits: dict[str, list[bool]] = {"background": [], "covered": [], "centre": [], "centre colour and shape": []}
+    for guesses, objs in zip(sims.argmax(-1).tolist(), objects):
+        for truth, guess in zip(cell_words(objs), (CELL_WORDS[g] for g in guesses)):
+            hits[kind_of(truth)].append(guess == truth)
+            if kind_of(truth) == "centre":
+                hits["centre colour and shape"].append(guess.split("_")[:2] == truth.split("_")[:2])
+    return {k: sum(v) / len(v) for k, v in hits.items() if v}

@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--picture-gain", metavar="STAGE_PT",
                     help="only measure a saved stage (e.g. ckpt/pipeline/align.pt): held-out caption loss with "
                          "each scene's own picture and with another scene's, then exit")
+    ap.add_argument("--cell-readout", metavar="STAGE_PT",
+                    help="cells: only measure a saved stage (e.g. ckpt/cellsg/align.pt): the share of held-out "
+                         "patches that the projector brings nearest their own cell word, then exit")
     return ap
 
 
@@ -465,6 +468,18 @@ def picture_gain(pipe: Pipeline, n: int) -> tuple[float, float]:
     return own, other
 
 
+def cell_readout(pipe: Pipeline, n: int) -> dict[str, float]:
+    """``cells.readout`` on ``n`` held-out benchmark scenes: what of each cell word the projector
+    reproduces (the language model read the cell words; does the picture say the same?)."""
+    samples = [scenes.sample(VAL_SEED, i) for i in range(n)]
+    pipe.model.eval()
+    with torch.no_grad():
+        patches = pipe.model.model.multi_modal_projector(
+            pipe.vision_features(pixel_values_from_images([s.image for s in samples])))
+    return cells.readout(patches, pipe.model.get_input_embeddings(), pipe.processor.tokenizer,
+                         [s.objects for s in samples])
+
+
 def run_stage(pipe: Pipeline, stage: Stage, progress: Progress) -> None:
     """Train ``stage`` from where ``progress`` says, logging and checkpointing as it goes."""
     start = progress.start_of(stage.name)
@@ -519,16 +534,26 @@ def save_model(pipe: Pipeline, args: argparse.Namespace, minutes: dict[str, floa
     print(f"saved model + processor to {args.out} ({record['total_minutes']} min of training)", flush=True)
 
 
+def measure_stage(pipe: Pipeline, args: argparse.Namespace) -> None:
+    """``--picture-gain`` / ``--cell-readout``: print one measurement of a saved stage."""
+    pipe.model.load_state_dict(torch.load(args.picture_gain or args.cell_readout, map_location=pipe.device)["model"])
+    if args.picture_gain:
+        own, other = picture_gain(pipe, args.val_size)
+        print(f"caption loss with the scene's own picture {own:.4f}, with another scene's picture {other:.4f} "
+              f"({args.val_size} held-out scenes)")
+    else:
+        shares = cell_readout(pipe, args.val_size // 2)
+        print(f"patches whose nearest cell word is their own ({args.val_size // 2} held-out scenes): "
+              + ", ".join(f"{k} {100 * v:.1f} %" for k, v in shares.items()))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the four stages (or what is left of them with ``--resume``), then save the model."""
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     pipe = Pipeline(args, torch.device(args.device))
-    if args.picture_gain:
-        pipe.model.load_state_dict(torch.load(args.picture_gain, map_location=pipe.device)["model"])
-        own, other = picture_gain(pipe, args.val_size)
-        print(f"caption loss with the scene's own picture {own:.4f}, with another scene's picture {other:.4f} "
-              f"({args.val_size} held-out scenes)")
+    if args.picture_gain or args.cell_readout:
+        measure_stage(pipe, args)
         return
     progress = Progress(pipe, args.ckpt_dir, args.ckpt_minutes)
     if args.resume and os.path.exists(progress.path):

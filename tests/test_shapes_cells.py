@@ -200,3 +200,25 @@ def test_text_turns_sets_how_many_questions_a_text_document_asks():
     few, default, many = questions(["--text-turns", "2"]), questions([]), questions(["--text-turns", "30"])
     assert few == 8 * 2 and default <= 8 * 10  # the default asks --max-turns (10) at most
     assert many > default + 8 * 3             # scenes have ~18 questions to ask on average
+
+
+def test_readout_finds_each_patch_s_cell_word_when_the_patches_are_the_cell_words():
+    pipe = _pipeline()
+    scenes_objects = [scenes.sample(scenes.TRAIN_SEED, i, balanced=False).objects for i in range(3)]
+    embedding = pipe.model.get_input_embeddings()
+    words = [pipe.cell_ids(scenes.Sample(None, "", "", "", objs, [])) for objs in scenes_objects]
+    exact = embedding(torch.tensor(words))                                   # (3, 256, hidden)
+    shares = cells.readout(exact, embedding, pipe.processor.tokenizer, scenes_objects)
+    assert shares == {"background": 1.0, "covered": 1.0, "centre": 1.0, "centre colour and shape": 1.0}
+    blank = embedding(torch.full((3, 256), words[0][0]))                     # every patch read as one word
+    shares = cells.readout(blank, embedding, pipe.processor.tokenizer, scenes_objects)
+    assert shares["covered"] == 0.0 and shares["centre"] == 0.0
+
+
+def test_cell_readout_measures_a_saved_stage(tmp_path, capsys):
+    from shapes.pipeline import main
+
+    torch.save({"model": _pipeline().model.state_dict()}, tmp_path / "align.pt")
+    main(["--text-format", "cells", "--cell-readout", str(tmp_path / "align.pt"), "--val-size", "4", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert "patches whose nearest cell word is their own (2 held-out scenes): background" in out and "centre colour" in out
