@@ -549,7 +549,10 @@ def measure_stage(pipe: Pipeline, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the four stages (or what is left of them with ``--resume``), then save the model."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.cell_readout and args.text_format == "caption":
+        parser.error("--cell-readout needs --text-format cells or cell-chats (the captions have no cell words)")
     torch.set_num_threads(args.threads)
     pipe = Pipeline(args, torch.device(args.device))
     if args.picture_gain or args.cell_readout:

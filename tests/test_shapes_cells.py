@@ -222,3 +222,6 @@ def test_cell_readout_measures_a_saved_stage(tmp_path, capsys):
     main(["--text-format", "cells", "--cell-readout", str(tmp_path / "align.pt"), "--val-size", "4", "--threads", "1"])
     out = capsys.readouterr().out
     assert "patches whose nearest cell word is their own (2 held-out scenes): background" in out and "centre colour" in out
+    with pytest.raises(SystemExit):
+        main(["--cell-readout", str(tmp_path / "align.pt")])           # the caption format has no cell words
+    assert "needs --text-format cells" in capsys.readouterr().err
