@@ -97,7 +97,8 @@ def readout(patches: torch.Tensor, embedding: torch.nn.Embedding, tokenizer,
     hits: dict[str, list[bool]] = {"background": [], "covered": [], "centre": [], "centre colour and shape": []}
     for guesses, objs in zip(sims.argmax(-1).tolist(), objects):
         for truth, guess in zip(cell_words(objs), (CELL_WORDS[g] for g in guesses)):
-            hits[kind_of(truth)].append(guess == truth)
-            if kind_of(truth) == "centre":
+            kind = kind_of(truth)
+            hits[kind].append(guess == truth)
+            if kind == "centre":
                 hits["centre colour and shape"].append(guess.split("_")[:2] == truth.split("_")[:2])
     return {k: sum(v) / len(v) for k, v in hits.items() if v}

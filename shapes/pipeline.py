@@ -184,7 +184,7 @@ class Pipeline:
     def optimizer_groups(self, stage: str, params: list[torch.nn.Parameter]) -> list[dict]:
         """AdamW groups of ``params``; the slow ones (``slow_parameters``) carry ``lr_scale``, their
         rate over the stage's, so that pretrained weights can move more slowly than the new projector."""
-        slow, slow_lr = self.slow_parameters(stage) if stage in ("align", "instruct") else ([], 0.0)
+        slow, slow_lr = self.slow_parameters(stage)
         slow_ids = {id(p) for p in slow}
         groups = param_groups([p for p in params if id(p) not in slow_ids], self.args.weight_decay)
         for group in param_groups([p for p in params if id(p) in slow_ids], self.args.weight_decay):
