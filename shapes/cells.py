@@ -15,6 +15,13 @@ the half of the picture it lies in (``t``/``b``, then ``l``/``r``).  Counting is
 centre words, and a position question reads the centre word's halves; a language model that
 answers these documents has learned lookups over a 256-token prefix.  Alignment then teaches the
 projector to turn each patch into what its cell word would have been.
+
+That is the ``centres`` language.  The ``halves`` language (``--cell-words halves``) swaps where
+the half is written: every object patch carries the half *it* lies in (``red_circle_tl``), and the
+centre patch alone is the plain ``red_circle`` that counting counts.  A patch's half is then a
+property of the patch itself, as the picture gives it (the vision tower is pretrained on every
+patch's row and column), not of an object centre found elsewhere; and a position question reads
+the half from all of an object's patches rather than from one among many that do not say it.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from .train import GRID, centre_patch, patch_labels
 BACKGROUND = "bg"
 HALVES = ("tl", "tr", "bl", "br")
 NUM_CELLS = GRID * GRID  # 256, one per vision token
+LANGUAGES = ("centres", "halves")  # where a cell word writes the half: on the centre / on every object patch
 
 
 def _object_word(color: str, shape: str) -> str:
@@ -46,16 +54,23 @@ def half_of(cell: int) -> str:
     return ("t" if row < GRID // 2 else "b") + ("l" if col < GRID // 2 else "r")
 
 
-def cell_words(objects: list[scenes.Obj]) -> list[str]:
-    """The 256 cell words of a scene, in raster order (the vision tokens' order)."""
+def cell_words(objects: list[scenes.Obj], language: str = "centres") -> list[str]:
+    """The 256 cell words of a scene, in raster order (the vision tokens' order).
+
+    ``centres``: covered patches ``red_circle``, the centre ``red_circle_<half of the centre>``;
+    ``halves``: covered patches ``red_circle_<their own half>``, the centre ``red_circle``."""
+    if language not in LANGUAGES:
+        raise ValueError(f"unknown cell language {language!r}; choose from {', '.join(LANGUAGES)}")
     shape_label, color_label, _ = patch_labels(objects)
     words = [BACKGROUND] * NUM_CELLS
     for cell in range(NUM_CELLS):
         if shape_label[cell]:
-            words[cell] = _object_word(scenes.COLOR_NAMES[color_label[cell] - 1], scenes.SHAPES[shape_label[cell] - 1])
+            word = _object_word(scenes.COLOR_NAMES[color_label[cell] - 1], scenes.SHAPES[shape_label[cell] - 1])
+            words[cell] = f"{word}_{half_of(cell)}" if language == "halves" else word
     for o in objects:
         cell = centre_patch(o)
-        words[cell] = f"{_object_word(o.color, o.shape)}_{half_of(cell)}"
+        word = _object_word(o.color, o.shape)
+        words[cell] = word if language == "halves" else f"{word}_{half_of(cell)}"
     return words
 
 
@@ -79,25 +94,29 @@ def compose_embeddings(embedding: torch.nn.Embedding, tokenizer) -> None:
             embedding.weight[ids(word)] = embedding.weight[ids(parts(word))].sum(0)
 
 
-def kind_of(word: str) -> str:
+def kind_of(word: str, language: str = "centres") -> str:
     """``background``, ``covered`` (a patch of an object) or ``centre`` (an object's centre patch)."""
-    return "background" if word == BACKGROUND else ("centre" if len(word.split("_")) == 3 else "covered")
+    if word == BACKGROUND:
+        return "background"
+    with_half = len(word.split("_")) == 3
+    return "centre" if with_half == (language == "centres") else "covered"
 
 
 @torch.no_grad()
 def readout(patches: torch.Tensor, embedding: torch.nn.Embedding, tokenizer,
-            objects: list[list[scenes.Obj]]) -> dict[str, float]:
+            objects: list[list[scenes.Obj]], language: str = "centres") -> dict[str, float]:
     """How close alignment brought each patch to its cell word: the share of patches whose nearest
     cell-word embedding (cosine) is their own cell word, per kind of patch, and the share of centre
     patches whose nearest word has the right colour and shape whatever its half.
 
-    ``patches``: (batch, 256, hidden), the projector's output for the scenes in ``objects``."""
+    ``patches``: (batch, 256, hidden), the projector's output for the scenes in ``objects``;
+    ``language``: the cell language the language model read (``LANGUAGES``)."""
     vocab = embedding.weight[tokenizer.convert_tokens_to_ids(list(CELL_WORDS))]          # (words, hidden)
     sims = torch.nn.functional.normalize(patches, dim=-1) @ torch.nn.functional.normalize(vocab, dim=-1).T
     hits: dict[str, list[bool]] = {"background": [], "covered": [], "centre": [], "centre colour and shape": []}
     for guesses, objs in zip(sims.argmax(-1).tolist(), objects):
-        for truth, guess in zip(cell_words(objs), (CELL_WORDS[g] for g in guesses)):
-            kind = kind_of(truth)
+        for truth, guess in zip(cell_words(objs, language), (CELL_WORDS[g] for g in guesses)):
+            kind = kind_of(truth, language)
             hits[kind].append(guess == truth)
             if kind == "centre":
                 hits["centre colour and shape"].append(guess.split("_")[:2] == truth.split("_")[:2])

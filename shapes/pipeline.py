@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cell-init", choices=("random", "compose"), default="random",
                     help="cells: start each cell word's embedding at the sum of its parts' (red_star_tl = red + "
                          "star + top + left), as new tokens are often initialised from the words they join")
+    ap.add_argument("--cell-words", choices=cells.LANGUAGES, default="centres",
+                    help="cells: where a cell word writes its half (shapes.cells): centres: on each object's "
+                         "centre patch (red_circle_tl), the other patches plain; halves: on every object patch, "
+                         "its own half, and the centre plain (red_circle)")
     ap.add_argument("--text-curriculum", type=float, default=0.0,
                     help="text: share of the steps during which the objects besides the asked ones are capped "
                          "(0 at first, growing to 5; 0: no curriculum)")
@@ -248,7 +252,7 @@ class Pipeline:
     def cell_ids(self, sample: scenes.Sample, background_share: float = 1.0, seed: tuple = ()) -> list[int]:
         """The sample's cell words as ids; with ``background_share`` < 1 only that share of the
         background cells (drawn from ``seed``) stays in the prefix (``--cell-curriculum``)."""
-        words = cells.cell_words(sample.objects)
+        words = cells.cell_words(sample.objects, self.args.cell_words)
         if background_share < 1.0:
             keep = np.random.default_rng(list(seed)).random(len(words)) < background_share
             words = [w for w, k in zip(words, keep) if k or w != cells.BACKGROUND]
@@ -477,7 +481,7 @@ def cell_readout(pipe: Pipeline, n: int) -> dict[str, float]:
         patches = pipe.model.model.multi_modal_projector(
             pipe.vision_features(pixel_values_from_images([s.image for s in samples])))
     return cells.readout(patches, pipe.model.get_input_embeddings(), pipe.processor.tokenizer,
-                         [s.objects for s in samples])
+                         [s.objects for s in samples], pipe.args.cell_words)
 
 
 def run_stage(pipe: Pipeline, stage: Stage, progress: Progress) -> None:

@@ -29,6 +29,37 @@ def test_cell_words_mark_objects_and_their_centres():
     assert words[0] == words[15] == words[255] == cells.BACKGROUND  # corners are empty
 
 
+def test_the_halves_language_writes_each_object_patch_s_own_half_and_marks_centres_plain():
+    red, blue = _objects()
+    centres, halves = cells.cell_words(_objects()), cells.cell_words(_objects(), "halves")
+    assert set(halves) <= set(cells.CELL_WORDS)
+    assert halves[centre_patch(red)] == "red_circle" and halves[centre_patch(blue)] == "blue_star"
+    for cell, (c, h) in enumerate(zip(centres, halves)):
+        assert (c == cells.BACKGROUND) == (h == cells.BACKGROUND)     # the same patches are objects
+        if c != cells.BACKGROUND and cell not in (centre_patch(red), centre_patch(blue)):
+            assert h == f"{c}_{cells.half_of(cell)}"                  # covered: the patch's own half
+    straddling = [scenes.Obj("square", "green", x=64.0, y=40.0, r=16.0)]  # on the left/right midline
+    words = cells.cell_words(straddling, "halves")
+    assert {"green_square_tl", "green_square_tr"} <= set(words)
+    with pytest.raises(ValueError, match="unknown cell language 'corners'"):
+        cells.cell_words(_objects(), "corners")
+
+
+def test_each_language_s_centre_words_count_the_objects():
+    for i in range(20):
+        objs = scenes.sample(scenes.TRAIN_SEED, i, balanced=False).objects
+        for language in cells.LANGUAGES:
+            kinds = [cells.kind_of(w, language) for w in cells.cell_words(objs, language)]
+            assert kinds.count("centre") == len(objs)
+
+
+def test_cell_words_option_picks_the_language_of_the_documents():
+    pipe = Pipeline(build_parser().parse_args(["--text-format", "cells", "--cell-words", "halves"]), torch.device("cpu"))
+    sample = scenes.sample(scenes.TRAIN_SEED, 0, n_extra=2)
+    words = pipe.encoder.tok.convert_ids_to_tokens(pipe.cell_ids(sample))
+    assert words == cells.cell_words(sample.objects, "halves") != cells.cell_words(sample.objects)
+
+
 def test_half_of_splits_the_raster_at_the_midlines():
     assert [cells.half_of(c) for c in (0, 15, 16 * 15, 255)] == ["tl", "tr", "bl", "br"]
     assert cells.half_of(7 * 16 + 7) == "tl" and cells.half_of(8 * 16 + 8) == "br"
@@ -210,6 +241,11 @@ def test_readout_finds_each_patch_s_cell_word_when_the_patches_are_the_cell_word
     exact = embedding(torch.tensor(words))                                   # (3, 256, hidden)
     shares = cells.readout(exact, embedding, pipe.processor.tokenizer, scenes_objects)
     assert shares == {"background": 1.0, "covered": 1.0, "centre": 1.0, "centre colour and shape": 1.0}
+    halves = Pipeline(build_parser().parse_args(["--text-format", "cells", "--cell-words", "halves"]),
+                      torch.device("cpu"))
+    exact = embedding(torch.tensor([halves.cell_ids(scenes.Sample(None, "", "", "", o, [])) for o in scenes_objects]))
+    assert cells.readout(exact, embedding, pipe.processor.tokenizer, scenes_objects, "halves")["centre"] == 1.0
+    assert cells.readout(exact, embedding, pipe.processor.tokenizer, scenes_objects)["centre"] == 0.0  # wrong language
     blank = embedding(torch.full((3, 256), words[0][0]))                     # every patch read as one word
     shares = cells.readout(blank, embedding, pipe.processor.tokenizer, scenes_objects)
     assert shares["covered"] == 0.0 and shares["centre"] == 0.0
