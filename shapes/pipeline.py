@@ -23,7 +23,8 @@ are: the text documents open with the scene written as 256 cell words, one per v
 raster order (``shapes.cells``), so that the language model needs lookups over a 256-token prefix
 to answer the questions that follow; alignment gives it the same documents with the picture in
 the cells' place (still projector only unless ``--align-lm-layers``).  ``--cell-init compose``,
-``--text-curriculum`` and ``--cell-curriculum`` are the variants tried (``shapes/README.md``).
+``--text-curriculum``, ``--cell-curriculum`` and ``--cell-words`` are the variants tried
+(``shapes/README.md``).
 ``--text-format cell-chats`` writes the same cells and questions in the chat template that
 alignment, instruction tuning and the app use (``<|user|>`` cells, question ``<|end|>``
 ``<|assistant|>`` answer ``<|end|>`` ...), loss on the answers: a text-only chat model, as LLaVA
