@@ -54,7 +54,7 @@ def test_each_language_s_centre_words_count_the_objects():
 
 
 def test_cell_words_option_picks_the_language_of_the_documents():
-    pipe = Pipeline(build_parser().parse_args(["--text-format", "cells", "--cell-words", "halves"]), torch.device("cpu"))
+    pipe = _pipeline("cells", "--cell-words", "halves")
     sample = scenes.sample(scenes.TRAIN_SEED, 0, n_extra=2)
     words = pipe.encoder.tok.convert_ids_to_tokens(pipe.cell_ids(sample))
     assert words == cells.cell_words(sample.objects, "halves") != cells.cell_words(sample.objects)
@@ -80,8 +80,8 @@ def test_extra_words_extend_the_vocabulary_without_moving_it():
     assert len(build_processor(extra_words=cells.CELL_WORDS).tokenizer) == len(base) + len(cells.CELL_WORDS)
 
 
-def _pipeline(text_format: str = "cells") -> Pipeline:
-    args = build_parser().parse_args(["--text-format", text_format, "--val-size", "8"])
+def _pipeline(text_format: str = "cells", *flags: str) -> Pipeline:
+    args = build_parser().parse_args(["--text-format", text_format, "--val-size", "8", *flags])
     return Pipeline(args, torch.device("cpu"))
 
 
@@ -241,9 +241,8 @@ def test_readout_finds_each_patch_s_cell_word_when_the_patches_are_the_cell_word
     exact = embedding(torch.tensor(words))                                   # (3, 256, hidden)
     shares = cells.readout(exact, embedding, pipe.processor.tokenizer, scenes_objects)
     assert shares == {"background": 1.0, "covered": 1.0, "centre": 1.0, "centre colour and shape": 1.0}
-    halves = Pipeline(build_parser().parse_args(["--text-format", "cells", "--cell-words", "halves"]),
-                      torch.device("cpu"))
-    exact = embedding(torch.tensor([halves.cell_ids(scenes.Sample(None, "", "", "", o, [])) for o in scenes_objects]))
+    ids = pipe.processor.tokenizer.convert_tokens_to_ids
+    exact = embedding(torch.tensor([ids(cells.cell_words(o, "halves")) for o in scenes_objects]))
     assert cells.readout(exact, embedding, pipe.processor.tokenizer, scenes_objects, "halves")["centre"] == 1.0
     assert cells.readout(exact, embedding, pipe.processor.tokenizer, scenes_objects)["centre"] == 0.0  # wrong language
     blank = embedding(torch.full((3, 256), words[0][0]))                     # every patch read as one word
