@@ -23,8 +23,10 @@ are: the text documents open with the scene written as 256 cell words, one per v
 raster order (``shapes.cells``), so that the language model needs lookups over a 256-token prefix
 to answer the questions that follow; alignment gives it the same documents with the picture in
 the cells' place (still projector only unless ``--align-lm-layers``).  ``--cell-init compose``,
-``--text-curriculum``, ``--cell-curriculum`` and ``--cell-words`` are the variants tried
-(``shapes/README.md``).
+``--text-curriculum``, ``--cell-curriculum``, ``--cell-words`` and ``--cell-loss`` are the variants
+tried (``shapes/README.md``); ``shapes.lookups`` measures where the text stage's model looks.
+``--question-mix balanced`` asks a scene's four question types in turn in every stage's documents
+and chats, instead of as often as a scene has them.
 ``--text-format cell-chats`` writes the same cells and questions in the chat template that
 alignment, instruction tuning and the app use (``<|user|>`` cells, question ``<|end|>``
 ``<|assistant|>`` answer ``<|end|>`` ...), loss on the answers: a text-only chat model, as LLaVA
@@ -56,6 +58,8 @@ STAGES = ("vision", "text", "align", "instruct")
 STREAM_OFFSETS = {"vision": 100_000, "text": 200_000, "align": 300_000, "instruct": 0}  # + --data-seed
 DESCRIBE = "describe the image ."
 TEXT_FORMATS = ("caption", "cells", "cell-chats")
+QUESTION_MIXES = ("natural", "balanced")
+ALL_QUESTIONS = 64  # more than any scene has to ask: ``n_extra`` that returns every derived question
 DEFAULT_CKPT_DIR = os.path.join("ckpt", "pipeline")
 
 
@@ -97,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cells: where a cell word writes its half (shapes.cells): centres: on each object's "
                          "centre patch (red_circle_tl), the other patches plain; halves: on every object patch, "
                          "its own half, and the centre plain (red_circle)")
+    ap.add_argument("--cell-loss", action="store_true",
+                    help="cells, text: next-token loss on the 256 cell words too, as pretraining scores every "
+                         "token (default: only on the questions and answers after them)")
     ap.add_argument("--text-curriculum", type=float, default=0.0,
                     help="text: share of the steps during which the objects besides the asked ones are capped "
                          "(0 at first, growing to 5; 0: no curriculum)")
@@ -114,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--text-turns", type=int, default=None,
                     help="text: questions per document, at most (default: --max-turns; a scene has ~18 on average)")
     ap.add_argument("--max-turns", type=int, default=10, help="question/answer turns per instruction chat")
+    ap.add_argument("--question-mix", choices=QUESTION_MIXES, default="natural",
+                    help="which of a scene's questions a document or chat asks after its first: natural: a random "
+                         "draw (exist 44 %%, position 31 %%, count 16 %%, colour 9 %% of them, as a scene has them "
+                         "to ask); balanced: the four types in turn, as far as the scene has them")
     ap.add_argument("--curriculum", type=float, default=0.5,
                     help="instruct: share of the steps during which the objects besides the asked ones are capped")
     ap.add_argument("--drawn-share", type=float, default=0.5, help="share of scenes drawn as in a paint program")
@@ -201,11 +212,19 @@ class Pipeline:
         for p in list(self.model.parameters()) + list(self.probe.parameters()) + list(self.label_vectors.parameters()):
             p.requires_grad_(id(p) in keep)
 
-    def scenes_for(self, stage: str, step: int, batch_size: int, **kwargs) -> list[scenes.Sample]:
+    def scenes_for(self, stage: str, step: int, batch_size: int, n_extra: int = 0, **kwargs) -> list[scenes.Sample]:
         seed = self.args.data_seed + STREAM_OFFSETS[stage]
         share = 0.0 if stage == "text" else self.args.drawn_share  # text needs no picture
-        return [drawn.training_sample(seed, step * batch_size + j, share, balanced=False, **kwargs)
+        return [self.training_sample(seed, step * batch_size + j, share, n_extra, balanced=False, **kwargs)
                 for j in range(batch_size)]
+
+    def training_sample(self, seed: int, index: int, share: float, n_extra: int, **kwargs) -> scenes.Sample:
+        """``drawn.training_sample`` with ``n_extra`` more questions, drawn as ``--question-mix`` says."""
+        if self.args.question_mix == "natural" or n_extra == 0:
+            return drawn.training_sample(seed, index, share, n_extra=n_extra, **kwargs)
+        sample = drawn.training_sample(seed, index, share, n_extra=ALL_QUESTIONS, **kwargs)
+        sample.extra = balanced_questions(sample.extra, n_extra)
+        return sample
 
     def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(batch, 256, width): the tower's output the LLaVA projector reads (``vision_feature_layer=-1``)."""
@@ -229,7 +248,7 @@ class Pipeline:
             share = background_share(step, self.args.text_steps, self.args.cell_curriculum)
             prefixes = [self.cell_ids(s, share, (self.args.data_seed, step, j)) for j, s in enumerate(samples)]
             ids, attention, labels = (self.chats_with(samples, prefixes) if self.chats
-                                      else self.documents(samples, prefixes))
+                                      else self.documents(samples, prefixes, score_prefix=self.args.cell_loss))
         else:
             rows = [[self.encoder.bos] + self.token_ids(text_document(s)) + [self.encoder.tok.eos_token_id]
                     for s in samples]
@@ -259,16 +278,16 @@ class Pipeline:
             words = [w for w, k in zip(words, keep) if k or w != cells.BACKGROUND]
         return self.encoder.tok.convert_tokens_to_ids(words)
 
-    def documents(self, samples: list[scenes.Sample], prefixes: list[list[int]]):
+    def documents(self, samples: list[scenes.Sample], prefixes: list[list[int]], score_prefix: bool = False):
         """Cell-format documents: ``<s>``, a 256-token prefix (cell words or ``<image>`` tokens),
         the questions and answers, the end token.  -> (ids, attention, labels); the loss covers
-        the text after the prefix."""
+        the text after the prefix, or every token after ``<s>`` with ``score_prefix``."""
         rows = [[self.encoder.bos] + p + self.token_ids(qa_text(s)) + [self.encoder.tok.eos_token_id]
                 for s, p in zip(samples, prefixes)]
         ids, attention = pad(rows, self.encoder.pad)
         labels = ids.masked_fill(attention == 0, -100)
         for row, prefix in enumerate(prefixes):
-            labels[row, : 1 + len(prefix)] = -100
+            labels[row, : 1 if score_prefix else 1 + len(prefix)] = -100
         return ids, attention, labels
 
     def chats_with(self, samples: list[scenes.Sample], prefixes: list[list[int]]):
@@ -313,8 +332,8 @@ class Pipeline:
         for j in range(batch_size):
             index = step * batch_size + j
             turns = int(np.random.default_rng([self.args.data_seed, index]).integers(0, self.args.max_turns))
-            samples.append(drawn.training_sample(self.args.data_seed, index, self.args.drawn_share, n_extra=turns,
-                                                 max_others=cap))
+            samples.append(self.training_sample(self.args.data_seed, index, self.args.drawn_share, turns,
+                                                max_others=cap))
         return self.chat_loss(samples)
 
     def chat_loss(self, samples: list[scenes.Sample]) -> torch.Tensor:
@@ -333,6 +352,20 @@ def as_captioning(samples: list[scenes.Sample]) -> list[scenes.Sample]:
     for s in samples:
         s.question, s.answer, s.extra = DESCRIBE, scenes.caption(s.objects), []
     return samples
+
+
+def balanced_questions(extra: list[tuple[str, str, str]], n: int) -> list[tuple[str, str, str]]:
+    """``n`` of ``extra`` (question, answer, type), the types taken in turn (colour, count, position,
+    exist, colour, ...) and a type skipped once it has no question left; kept in ``extra``'s own
+    (random) order.  A scene has few colour questions (one per shape it holds once) and many exist
+    ones, so a random draw teaches colour least, though the benchmarks ask each type equally."""
+    queues = {t: [i for i, (_, _, kind) in enumerate(extra) if kind == t] for t in scenes.QTYPES}
+    chosen: list[int] = []
+    while len(chosen) < n and any(queues.values()):
+        for t in scenes.QTYPES:
+            if queues[t] and len(chosen) < n:
+                chosen.append(queues[t].pop(0))
+    return [extra[i] for i in sorted(chosen)]
 
 
 def qa_turns(sample: scenes.Sample) -> list[tuple[str, str]]:

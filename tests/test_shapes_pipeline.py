@@ -110,3 +110,33 @@ def test_picture_gain_is_zero_when_the_projector_passes_nothing(pipe):
         assert own == pytest.approx(other, abs=1e-6)
     finally:
         projector.load_state_dict(saved)
+
+
+def test_balanced_questions_take_the_types_in_turn_and_keep_their_order():
+    extra = [(f"e{i}", "yes", "exist") for i in range(5)] + [("c0", "red", "color"), ("n0", "one", "count")]
+    extra = extra[3:] + extra[:3]  # a scene's random order: e3 e4 c0 n0 e0 e1 e2
+    assert [q for q, _, _ in pipeline.balanced_questions(extra, 3)] == ["e3", "c0", "n0"]  # one of each type
+    assert [q for q, _, _ in pipeline.balanced_questions(extra, 5)] == ["e3", "e4", "c0", "n0", "e0"]
+    assert pipeline.balanced_questions(extra, 20) == extra  # asks for more than there are: all, unchanged
+    assert pipeline.balanced_questions(extra, 0) == []
+
+
+def test_balanced_mix_asks_every_type_more_evenly_than_a_random_draw():
+    def type_shares(mix: str) -> dict[str, float]:
+        args = pipeline.build_parser().parse_args(TINY + ["--text-format", "cells", "--question-mix", mix])
+        samples = pipeline.Pipeline(args, torch.device("cpu")).scenes_for("text", 0, 64, n_extra=6)
+        kinds = [t for s in samples for _, _, t in s.extra]
+        return {t: kinds.count(t) / len(kinds) for t in scenes.QTYPES}
+
+    natural, balanced = type_shares("natural"), type_shares("balanced")
+    assert balanced["color"] > 1.3 * natural["color"] and balanced["exist"] < natural["exist"]
+    assert max(balanced.values()) - min(balanced.values()) < max(natural.values()) - min(natural.values())
+
+
+def test_balanced_mix_draws_the_same_scenes_as_the_natural_one():
+    def first_scenes(mix: str) -> list[scenes.Sample]:
+        args = pipeline.build_parser().parse_args(TINY + ["--question-mix", mix])
+        return pipeline.Pipeline(args, torch.device("cpu")).scenes_for("align", 3, 4, n_extra=2)
+
+    for a, b in zip(first_scenes("natural"), first_scenes("balanced")):
+        assert (a.question, a.objects) == (b.question, b.objects) and len(a.extra) == len(b.extra) == 2
