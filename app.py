@@ -165,6 +165,8 @@ class RunPanel:
     editor: Any = None           # "Mark what matters"
     clear_marks: Any = None
     sweep_tie: Any = None        # How it works: the benchmark sweep tied to the visitor's question
+    sweep_story: Any = None      # How it works: the picked embedded model's measured sweep, in words
+    sweep_chart: Any = None      # and as a figure
 
     def visual_outputs(self) -> list:
         return [getattr(self, name) for name in VISUAL_FIELDS]
@@ -242,12 +244,12 @@ def _chat_panel() -> ChatPanel:
                               visible=False)   # shown with a sweep: no empty frame before one
     examples = [(str(EXAMPLES_DIR / f), q) for f, q in EXAMPLES if (EXAMPLES_DIR / f).exists()]
     gallery = gr.Gallery(examples, label="Example gallery: click one (shapes scenes, with their ground truth, suit "
-                         "the embedded model; photos suit hub models)", columns=8, height=170, allow_preview=False,
+                         "the embedded models; photos suit hub models)", columns=8, height=170, allow_preview=False,
                          buttons=[], elem_id="gallery")
     return ChatPanel(full, drop, question, send, clear, gallery, summary, sweep, sweep_table, sweep_chart)
 
 
-def _run_panel(num_layers: int) -> RunPanel:
+def _run_panel(studio: Studio, num_layers: int) -> RunPanel:
     with gr.Tabs(overflow_behavior="wrap"):  # every tab in view on a phone too
         with gr.Tab("Patches per layer"):
             with gr.Row():
@@ -278,22 +280,29 @@ def _run_panel(num_layers: int) -> RunPanel:
             trace_file = gr.File(label="This run's trace (JSON)", interactive=False)
         with gr.Tab("How it works"):
             story_md = gr.Markdown(story.how_it_works(), elem_id="story")
-            _sweep_panel()
+            _two_models_panel(studio)
+            sweep_story, sweep_chart = _sweep_panel(studio)
             tie = gr.Markdown("**Your question, swept:** press *Sweep the first drop layer* under the answers to see "
                               "what happens to your own question at each first drop layer.", elem_id="sweep-tie")
     return RunPanel(layer, play, caption, kept, heat, drop_layer, dropped, timeline, perf, alive, table, retention,
-                    trace_file, story_md, gr.Timer(0.9, active=False), *matters, sweep_tie=tie)
+                    trace_file, story_md, gr.Timer(0.9, active=False), *matters, sweep_tie=tie,
+                    sweep_story=sweep_story, sweep_chart=sweep_chart)
 
 
-def _sweep_panel() -> None:
-    """The embedded model's drop-layer sweep (``assets/shapes-llava/sweep.json``, written by
-    ``python -m benchmarks.sweep``): a static figure and what its numbers say."""
-    path = ROOT / "assets" / "shapes-llava" / "sweep.json"
-    if not path.exists():
-        return
-    sweep = json.loads(path.read_text())
-    gr.Markdown(story.sweep_story(sweep), elem_id="sweep-story")
-    gr.Plot(charts.sweep_chart(sweep), label="Drop-layer sweep on the embedded model", elem_id="sweep-chart")
+def _two_models_panel(studio: Studio) -> None:
+    """The embedded models side by side: where each one's object patches are lazy, and what that does
+    to V²Drop against random dropping (each model folder's ``report.json`` and ``sweep.json``)."""
+    text, figure = studio.embedded_comparison()
+    gr.Markdown(text, elem_id="two-models-story")
+    gr.Plot(figure, label="Two embedded models: lazy object patches and V²Drop vs random", elem_id="two-models-chart")
+
+
+def _sweep_panel(studio: Studio) -> tuple:
+    """The picked embedded model's drop-layer sweep (its folder's ``sweep.json``, written by
+    ``python -m benchmarks.sweep``): what its numbers say and a figure; follows the model picker."""
+    text, figure = studio.measured_view(studio.registry.card(EMBEDDED_ID))
+    return gr.Markdown(text, elem_id="sweep-story"), gr.Plot(figure, visible=figure is not None, elem_id="sweep-chart",
+                                                             label=f"Drop-layer sweep on {EMBEDDED_ID}")
 
 
 def _matters_tab() -> tuple:
@@ -332,7 +341,9 @@ def _wire_model(studio: Studio, model: ModelPanel, media: MediaPanel, chat: Chat
                       media.frames, chat.full, chat.drop] + run.visual_outputs(),
                      api_name="switch_model", **model_job
                      ).then(studio.image_info, [state], [media.image_info], api_name=False
-                            ).then(studio.video_info, [state], [media.video_info], api_visibility="private")
+                            ).then(studio.video_info, [state], [media.video_info], api_visibility="private"
+                                   ).then(studio.sweep_view, [state], [run.sweep_story, run.sweep_chart],
+                                          api_visibility="private")
 
 
 def _wire_media(studio: Studio, media: MediaPanel, chat: ChatPanel, state: gr.State, note: gr.Markdown,
@@ -432,7 +443,7 @@ def build_demo(studio: Studio, policy: HostingPolicy) -> gr.Blocks:
                 media = _media_panel(studio, video_examples)
             with gr.Column(scale=3):
                 chat = _chat_panel()
-                run = _run_panel(embedded.num_layers)
+                run = _run_panel(studio, embedded.num_layers)
         _wire_model(studio, model, media, chat, run, state, note)
         _wire_media(studio, media, chat, state, note, video_examples, run.editor)
         _wire_chat(studio, media, chat, run, state, note)

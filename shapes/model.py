@@ -35,11 +35,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .embedded import EMBEDDED_MODELS
 from .scenes import IMAGE_SIZE, VOCAB_WORDS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL_DIR = str(REPO_ROOT / "assets" / "shapes-llava")
-EMBEDDED_MODEL_DIRS = (DEFAULT_MODEL_DIR,)  # every Shapes model the app ships (the default first)
+# every Shapes model the app ships (the default first): the list itself is shapes.embedded's
+EMBEDDED_MODEL_DIRS = tuple(m.folder for m in EMBEDDED_MODELS)
+DEFAULT_MODEL_DIR = EMBEDDED_MODEL_DIRS[0]
 
 PATCH_SIZE = 8
 NUM_VISION_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2  # 256

@@ -28,6 +28,7 @@ from typing import Any, Iterator
 import gradio as gr
 from PIL import Image
 
+from shapes.embedded import EMBEDDED_MODELS
 from studio.ground_truth import GroundTruth
 from studio.image_cap import image_caption
 from studio.layer_sweep import run_layer_sweep, sweep_markdown, tie_sentence
@@ -40,6 +41,7 @@ from studio.editor import MarkEditor, mark_brush
 from studio.marks import editor_value, load_mask, mask_from_box, mask_from_editor, painted_share, save_mask
 from studio.matters import (BASELINES, NO_RUN_NOTE, baseline_label, chart_of, find_matters, matters_state,
                             trace_record)
+from studio.model_numbers import numbers_of
 from studio.pair import PairEvent, prefill_trace, stream_pair
 from studio.registry import EMBEDDED_ID, LoadedModel, ModelCard, ModelLoadError, ModelRegistry
 from studio.schedules import nominal_vision_tokens, presets_for, schedule_summary
@@ -52,8 +54,9 @@ from v2drop.schedule import DropSchedule, matched_schedule
 from v2drop.trace import SampleTrace, Trace
 from v2drop.video import DecodedVideo
 from v2drop.video_inputs import frames_per_layout_frame, supports_video
-from visualize import overlay, story
+from visualize import charts, overlay, story
 from visualize.layer_sweep import layer_sweep_chart
+from visualize.two_models import comparison_figure, comparison_story
 
 __all__ = ["Studio", "notice", "messages"]
 
@@ -114,6 +117,7 @@ class Studio:
         self.answer_tokens = answer_tokens
         self.truth = truth if truth is not None else GroundTruth()  # the gallery's scenes, by pixel hash
         self._model_lock = threading.Lock()  # belt and braces: the queue already runs one model job at a time
+        self._measured: dict[str, dict | None] = {}  # embedded id -> its sweep (hashing the weights once)
 
     # ------------------------------------------------------------------------ sessions
     def initial_state(self) -> PageState:
@@ -144,13 +148,35 @@ class Studio:
 
     # ------------------------------------------------------------------------ schedule
     def measured_sweep(self, card: ModelCard) -> dict | None:
-        """The embedded model's drop-layer sweep (``benchmarks.sweep``), when measured on its weights."""
+        """This embedded model's drop-layer sweep (``benchmarks.sweep``, in its own folder), when
+        measured on its weights; None for other models."""
         if not card.is_embedded or not card.trained:
             return None
-        if not hasattr(self, "_measured"):
-            from shapes.model import DEFAULT_MODEL_DIR
-            self._measured = load_sweep(self.registry.embedded_dir or DEFAULT_MODEL_DIR)
-        return self._measured
+        if card.model_id not in self._measured:
+            self._measured[card.model_id] = load_sweep(self.registry.embedded_folder(card.model_id))
+        return self._measured[card.model_id]
+
+    def measured_view(self, card: ModelCard) -> tuple[str, Any]:
+        """(markdown, figure or None) of an embedded model's measured drop-layer sweep."""
+        sweep = self.measured_sweep(card)
+        if sweep is None:
+            return (f"**The drop-layer sweep:** none measured on the weights of `{card.model_id}` "
+                    "(see *Two embedded models* above for how to make one)."), None
+        return story.sweep_story(sweep), charts.sweep_chart(sweep)
+
+    def sweep_view(self, state: PageState) -> tuple:
+        """*How it works*' measured sweep (markdown, plot) for the picked embedded model; unchanged
+        while a hub model is picked (it stays the last embedded model's)."""
+        card = self._card(state)
+        if not card.is_embedded:
+            return gr.skip(), gr.skip()
+        text, figure = self.measured_view(card)
+        return text, gr.Plot(value=figure, visible=figure is not None, label=f"Drop-layer sweep on {card.model_id}")
+
+    def embedded_comparison(self) -> tuple[str, Any]:
+        """(markdown, figure) of *How it works*' two embedded models side by side, from their folders."""
+        numbers = [numbers_of(spec, self.registry.embedded_folder(spec.model_id)) for spec in EMBEDDED_MODELS]
+        return comparison_story(numbers), comparison_figure(numbers)
 
     def preset_choices(self, card: ModelCard) -> list[tuple[str, str]]:
         """(label, name) of each preset; a preset whose first drop falls into a measured trap says so."""

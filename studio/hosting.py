@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from studio.registry import EMBEDDED_ID, SUGGESTED_MODELS
+from studio.registry import EMBEDDED_IDS, SUGGESTED_MODELS, is_embedded_id
 
 __all__ = ["HostingPolicy", "add_arguments", "is_public_host", "upload_dirs", "DEFAULT_MODELS"]
 
@@ -69,10 +69,10 @@ def looks_like_path(model_id: str) -> bool:
 
 @dataclass(frozen=True)
 class HostingPolicy:
-    """What visitors may load. ``models`` is the operator's list (the embedded model is always in it);
+    """What visitors may load. ``models`` is the operator's list (the embedded models are always in it);
     ``trusted`` the ids whose repository code may run (``trust_remote_code``)."""
 
-    models: tuple[str, ...] = (EMBEDDED_ID, *DEFAULT_MODELS)
+    models: tuple[str, ...] = (*EMBEDDED_IDS, *DEFAULT_MODELS)
     allow_hub_ids: bool = False
     allow_local_folders: bool = False
     trusted: frozenset[str] = frozenset()
@@ -92,7 +92,7 @@ class HostingPolicy:
         """``None`` if a visitor may load ``model_id`` (with remote code if asked), else why not: one
         sentence for the page, the same whether or not such a path exists."""
         model_id = (model_id or "").strip()
-        if not model_id or model_id == EMBEDDED_ID:
+        if not model_id or is_embedded_id(model_id):
             return None
         if len(model_id) > 200 or any(c in model_id for c in "\n\r\t\0"):
             return REFUSED_SHAPE
@@ -113,7 +113,7 @@ class HostingPolicy:
         never from a relative folder of the same name here: such a folder would load, or fail with
         another message, and tell a visitor which folders exist on the server."""
         model_id = (model_id or "").strip()
-        return (not self.allow_local_folders and not looks_like_path(model_id) and model_id != EMBEDDED_ID
+        return (not self.allow_local_folders and not looks_like_path(model_id) and not is_embedded_id(model_id)
                 and model_id not in self.models and model_id not in self.trusted)
 
     def _folder_reason(self, model_id: str) -> str | None:
@@ -125,8 +125,8 @@ class HostingPolicy:
         return REFUSED_FOLDER
 
     def choices(self) -> list[str]:
-        """The dropdown's entries: the operator's list, the embedded model first."""
-        return list(dict.fromkeys([EMBEDDED_ID, *self.models, *sorted(self.trusted)]))
+        """The dropdown's entries: the operator's list, the embedded models first (the default first)."""
+        return list(dict.fromkeys([*EMBEDDED_IDS, *self.models, *sorted(self.trusted)]))
 
     def describe(self) -> str:
         """One line for the start-up log (no secrets: ids and switches only)."""
@@ -147,7 +147,7 @@ class HostingPolicy:
         hub = _flag(args.allow_hub_ids, env.get("V2DROP_ALLOW_HUB_IDS"), default=not public)
         folders = _flag(args.allow_local_folders, env.get("V2DROP_ALLOW_LOCAL_FOLDERS"), default=False)
         monitoring = _flag(getattr(args, "monitoring", None), env.get("V2DROP_MONITORING"), default=not public)
-        models = tuple(dict.fromkeys([EMBEDDED_ID, *(listed if listed is not None else DEFAULT_MODELS)]))
+        models = tuple(dict.fromkeys([*EMBEDDED_IDS, *(listed if listed is not None else DEFAULT_MODELS)]))
         return cls(models=models, allow_hub_ids=hub, allow_local_folders=folders,
                    trusted=frozenset(trusted or ()), public=public, blocked_dirs=upload_dirs(env),
                    monitoring=monitoring)
@@ -175,7 +175,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("hosting (who may load what; safe defaults on a public host)")
     group.add_argument("--models", default=None, metavar="ID,ID,…",
                        help="models visitors may pick, comma-separated hub ids or operator folders "
-                            "(env V2DROP_MODELS; default: the five suggested hub models; the embedded model is "
+                            "(env V2DROP_MODELS; default: the five suggested hub models; the embedded models are "
                             "always listed)")
     group.add_argument("--allow-hub-ids", dest="allow_hub_ids", action=argparse.BooleanOptionalAction,
                        default=None, help="visitors may type other hub ids (env V2DROP_ALLOW_HUB_IDS; default: "

@@ -1,6 +1,7 @@
-"""The model cache shared by all sessions: the embedded model always, a few others least recently
-used out, every load through one lock and (optionally) the operator's policy, and a small
-:class:`ModelCard` of every loaded model that outlives its eviction."""
+"""The model cache shared by all sessions: the embedded models (``shapes.embedded``) always, each
+loaded at its first use and never evicted, a few others least recently used out, every load through
+one lock and (optionally) the operator's policy, and a small :class:`ModelCard` of every loaded model
+that outlives its eviction."""
 
 from __future__ import annotations
 
@@ -10,17 +11,20 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
+from shapes.embedded import EMBEDDED_MODELS, EmbeddedModel, embedded_by_id
 from studio.schedules import num_decoder_layers
 from studio.zerogpu import active as zerogpu_active
 
-__all__ = ["EMBEDDED_ID", "SUGGESTED_MODELS", "ModelLoadError", "LoadedModel", "ModelCard", "ModelRegistry"]
+__all__ = ["EMBEDDED_ID", "EMBEDDED_IDS", "is_embedded_id", "SUGGESTED_MODELS", "ModelLoadError", "LoadedModel",
+           "ModelCard", "ModelRegistry"]
 
 log = logging.getLogger("v2drop.studio")
-EMBEDDED_ID = "embedded: shapes-llava"
+EMBEDDED_IDS = tuple(m.model_id for m in EMBEDDED_MODELS)  # every shipped model's id, the default first
+EMBEDDED_ID = EMBEDDED_IDS[0]                              # the default: "embedded: shapes-llava"
 SUGGESTED_MODELS = [
     "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
     "Qwen/Qwen2-VL-2B-Instruct",
@@ -32,6 +36,11 @@ SUGGESTED_MODELS = [
 
 #: the files of a typed hub id that are fetched (no repository code: typed ids are never trusted)
 HUB_MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
+
+
+def is_embedded_id(model_id: str | None) -> bool:
+    """Whether ``model_id`` names one of the shipped models (never a hub id or a folder)."""
+    return embedded_by_id(model_id) is not None
 
 
 class ModelLoadError(RuntimeError):
@@ -111,8 +120,11 @@ def _explain_load_error(model_id: str, err: BaseException) -> str:
 
 
 class ModelRegistry:
-    """Loaded models shared by all sessions, keyed by id. The embedded model is always loaded;
-    at most ``max_extra`` other models are kept (least recently used first out).
+    """Loaded models shared by all sessions, keyed by id. Every embedded model is always available
+    (loaded at its first use, never evicted); at most ``max_extra`` other models are kept (least
+    recently used first out). ``embedded_dir`` is the default embedded model's folder and
+    ``embedded_dirs`` (id -> folder) any embedded model's, where an operator or a test keeps them
+    elsewhere than ``assets/``.
 
     Every load goes through :meth:`load`, one at a time (``_load_lock``): a model that several
     sessions need again after an eviction is loaded once, and the others find it in the cache.
@@ -121,7 +133,8 @@ class ModelRegistry:
 
     def __init__(self, max_extra: int = 1, device: str | None = None,
                  embedded_dir: str | None = None, policy: Any = None, image_cap: str = "auto",
-                 cpu_dtype: str = "auto", budget: Any = None) -> None:
+                 cpu_dtype: str = "auto", budget: Any = None,
+                 embedded_dirs: Mapping[str, str] | None = None) -> None:
         from v2drop.loading import cpu_dtype as pick_cpu_dtype
         from v2drop.resolution import pick_cap
 
@@ -131,49 +144,76 @@ class ModelRegistry:
         # hub models on the CPU: bfloat16 where the CPU computes it natively (None: load_model's default)
         self.dtype = pick_cpu_dtype(cpu_dtype) if torch.device(self.device).type == "cpu" else None
         self.embedded_dir = embedded_dir
+        self.embedded_dirs = {**(embedded_dirs or {}), **({EMBEDDED_ID: embedded_dir} if embedded_dir else {})}
         self.policy = policy
         self.budget = budget  # a studio.budget.MemoryBudget (None: no memory check)
         self._lock = threading.RLock()
         self._load_lock = threading.Lock()
         self._extra: "OrderedDict[str, LoadedModel]" = OrderedDict()
         self._cards: "OrderedDict[str, ModelCard]" = OrderedDict()
-        self._embedded: LoadedModel | None = None
+        self._embedded: dict[str, LoadedModel] = {}   # embedded id -> model, never evicted
         self.loads = 0  # completed loads from disk or the hub (not cache hits), for tests and logs
 
     # embedded -------------------------------------------------------------------------------
-    def _weights_path(self) -> Path:
-        from shapes.model import DEFAULT_MODEL_DIR
-        return Path(self.embedded_dir or DEFAULT_MODEL_DIR) / "model.safetensors"
+    def embedded_folder(self, model_id: str | None = None) -> str:
+        """The folder of an embedded model (the default one for ``None``); ``KeyError`` for other ids."""
+        spec = self._spec(model_id)
+        return self.embedded_dirs.get(spec.model_id) or spec.folder
 
-    def embedded(self) -> LoadedModel:
-        """The embedded shapes model; built untrained (and labelled so) while its weights are missing,
-        and swapped for the trained one as soon as the weights appear."""
-        with self._lock:
-            if self._embedded is None or (not self._embedded.trained and self._weights_path().exists()):
-                self._embedded = self._load_embedded()
-            return self._embedded
+    @staticmethod
+    def _spec(model_id: str | None) -> EmbeddedModel:
+        spec = EMBEDDED_MODELS[0] if not model_id else embedded_by_id(model_id)
+        if spec is None:
+            raise KeyError(model_id)
+        return spec
 
-    def _load_embedded(self) -> LoadedModel:
+    def _weights_path(self, model_id: str | None = None) -> Path:
+        return Path(self.embedded_folder(model_id)) / "model.safetensors"
+
+    def embedded(self, model_id: str | None = None) -> LoadedModel:
+        """An embedded Shapes model (the default one for ``None``), loaded at its first use through
+        the load lock; built untrained (and labelled so) while its weights are missing, and swapped
+        for the trained one as soon as the weights appear."""
+        model_id = self._spec(model_id).model_id
+
+        def current() -> LoadedModel | None:
+            with self._lock:
+                entry = self._embedded.get(model_id)
+            if entry is None or (not entry.trained and self._weights_path(model_id).exists()):
+                return None
+            return entry
+
+        entry = current()
+        if entry is not None:
+            return entry
+        with self._load_lock:  # one load at a time; whoever waited finds the model loaded
+            entry = current()
+            if entry is None:
+                entry = self._load_embedded(model_id)
+                with self._lock:
+                    self._embedded[model_id] = entry
+            return entry
+
+    def _load_embedded(self, model_id: str) -> LoadedModel:
         from shapes import model as shapes
-        label = "Embedded Shapes model (tiny LLaVA, 8 layers, 256 vision tokens; understands generated " \
-                "shape scenes: colours, counts, positions, existence of circles/squares/triangles/stars)"
+        spec, folder = self._spec(model_id), self.embedded_folder(model_id)
         try:
-            model, processor = shapes.load_default(self.device, self.embedded_dir)
-            return LoadedModel(EMBEDDED_ID, model, processor, label, trained=True, is_embedded=True)
+            model, processor = shapes.load_default(self.device, folder)
+            return LoadedModel(model_id, model, processor, spec.label, trained=True, is_embedded=True)
         except (FileNotFoundError, OSError) as err:
             model = shapes.build_model().to(self.device).eval()
             processor = shapes.build_processor()
-            log.warning("embedded weights missing (%s): %s", self._weights_path(), err)
-            note = ("The embedded model's trained weights are missing, so it runs UNTRAINED with random "
+            log.warning("embedded weights missing (%s): %s", self._weights_path(model_id), err)
+            note = ("This embedded model's trained weights are missing, so it runs UNTRAINED with random "
                     "weights: answers are meaningless, but dropping, heatmaps and timings work.")
-            return LoadedModel(EMBEDDED_ID, model, processor, label + " — UNTRAINED (weights missing)",
+            return LoadedModel(model_id, model, processor, spec.label + " — UNTRAINED (weights missing)",
                                trained=False, is_embedded=True, note=note)
 
     # others ---------------------------------------------------------------------------------
     def get(self, model_id: str | None) -> LoadedModel:
-        """A loaded model by id (the embedded one for ``None`` / :data:`EMBEDDED_ID`)."""
-        if not model_id or model_id == EMBEDDED_ID:
-            return self.embedded()
+        """A loaded model by id (an embedded one for ``None`` or its id, loaded if need be)."""
+        if not model_id or is_embedded_id(model_id):
+            return self.embedded(model_id)
         with self._lock:
             if model_id not in self._extra:
                 raise KeyError(model_id)
@@ -181,13 +221,14 @@ class ModelRegistry:
             return self._extra[model_id]
 
     def loaded_ids(self) -> list[str]:
+        """The default embedded model (always there), the other embedded ones loaded so far, the others."""
         with self._lock:
-            return [EMBEDDED_ID, *self._extra]
+            return [EMBEDDED_ID, *(m for m in EMBEDDED_IDS[1:] if m in self._embedded), *self._extra]
 
     def card(self, model_id: str | None) -> ModelCard:
         """The :class:`ModelCard` of a model loaded at least once (``KeyError`` otherwise); never loads."""
-        if not model_id or model_id == EMBEDDED_ID:
-            return self.embedded().card()
+        if not model_id or is_embedded_id(model_id):
+            return self.embedded(model_id).card()
         with self._lock:
             return self._cards[model_id]
 
@@ -206,8 +247,8 @@ class ModelRegistry:
         """Load ``model_id`` (hub id or local folder) or return it from the cache. Raises
         :class:`ModelLoadError` with a plain-language reason; the cache is unchanged on failure."""
         model_id = (model_id or "").strip()
-        if not model_id or model_id == EMBEDDED_ID:
-            return self.embedded()
+        if not model_id or is_embedded_id(model_id):
+            return self.embedded(model_id)
         if len(model_id) > 200 or any(c in model_id for c in "\n\r\t"):
             raise ModelLoadError("That does not look like a model id (expected 'owner/name' or a local folder).")
         reason = self.policy.allows(model_id, trust_remote_code) if self.policy is not None else None
@@ -261,7 +302,11 @@ class ModelRegistry:
             gc.collect()
 
     def model_label(self, model_id: str) -> str:
-        """The model list's entry for ``model_id``: marked when it cannot fit in the memory budget."""
+        """The model list's entry for ``model_id``: an embedded model's id says how it was trained; any
+        other is marked when it cannot fit in the memory budget."""
+        spec = embedded_by_id(model_id)
+        if spec is not None:
+            return f"{model_id} ({spec.short})"
         return self.budget.label(model_id, self.load_dtype) if self.budget is not None else model_id
 
     def _source(self, model_id: str) -> str:

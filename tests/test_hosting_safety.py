@@ -29,6 +29,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 
 import tiny_models  # noqa: E402
 from app_server import AppServer, raw_call, upload_then_close_tab  # noqa: E402
+from studio.registry import EMBEDDED_IDS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "assets" / "examples" / "shapes_0_color.png"
@@ -303,11 +304,12 @@ def test_launch_options_from_flags_and_environment():
     env = {"V2DROP_MODELS": "a/one,b/two", "V2DROP_TRUST_REMOTE_CODE": "b/two", "V2DROP_ALLOW_HUB_IDS": "0",
            "V2DROP_ALLOW_LOCAL_FOLDERS": "yes"}
     policy = _policy([], **env)
-    assert policy.choices()[1:] == ["a/one", "b/two"] and not policy.allow_hub_ids and policy.allow_local_folders
+    listed = len(EMBEDDED_IDS)  # the embedded models come first, always
+    assert policy.choices()[listed:] == ["a/one", "b/two"] and not policy.allow_hub_ids and policy.allow_local_folders
     assert policy.allows("b/two", trust_remote_code=True) is None and policy.allows("a/one", trust_remote_code=True)
     assert policy.remote_code_enabled
     flags = _policy(["--models", "c/three", "--allow-hub-ids", "--no-allow-local-folders"], **env)
-    assert flags.choices()[1:] == ["c/three", "b/two"] and flags.allow_hub_ids and not flags.allow_local_folders
+    assert flags.choices()[listed:] == ["c/three", "b/two"] and flags.allow_hub_ids and not flags.allow_local_folders
     uploads = _policy([], GRADIO_TEMP_DIR="/srv/uploads", V2DROP_ALLOW_LOCAL_FOLDERS="1")
     assert uploads.allows("/srv/uploads/abc") and uploads.allows("/srv/models/../uploads/abc")
     assert uploads.allows("/srv/models/x") is None

@@ -155,7 +155,7 @@ def test_the_model_list_marks_models_that_cannot_fit(small_server):
         config = json.loads(reply.read())
     dropdown = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "model-id")
     labels = {value: label for label, value in dropdown["props"]["choices"]}
-    assert labels[EMBEDDED_ID] == EMBEDDED_ID and labels[OV_05B] == OV_05B
+    assert labels[EMBEDDED_ID] == f"{EMBEDDED_ID} (trained with training aids)" and labels[OV_05B] == OV_05B
     for big in (LLAVA_7B, "llava-hf/llava-v1.6-vicuna-7b-hf", "Qwen/Qwen2.5-VL-3B-Instruct"):
         assert labels[big].startswith(f"{big} (too large here: needs about "), labels[big]
         assert labels[big].endswith(", the server allows 8.0 GB)")
