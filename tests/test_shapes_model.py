@@ -112,3 +112,42 @@ def test_known_heldout_answers():
     for q, pr in zip(qs, preds):
         assert pr["prediction"].split() and pr["prediction"].split()[0] in scenes.ANSWERS[q.qtype] + tuple(
             w for w in ("left", "right", "top", "bottom") if q.qtype == "position"), pr
+
+
+STANDARD_DIR = os.path.join(os.path.dirname(DEFAULT_MODEL_DIR), "shapes-llava-standard")
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(STANDARD_DIR, "model.safetensors")),
+                    reason="the standard Shapes model's weights are missing (shapes/README.md, recipe N)")
+def test_the_standard_model_is_a_stock_llava_trained_without_aids_that_reads_pictures():
+    """``assets/shapes-llava-standard`` (issue 28, recipe N): a stock LLaVA of the required shape,
+    trained by ``shapes.pipeline`` (no attention or read-out losses), and held-out answers it is known
+    to get right: on the first 64 benchmark questions it answers 57 (colour 16/16, count 15/16,
+    position 10/16, exist 16/16; 89.3 % on all 1,200).  One miss is tolerated (float32 sums differ
+    across CPUs)."""
+    import json
+
+    from transformers import AutoModelForImageTextToText, LlavaForConditionalGeneration
+
+    from shapes.evaluate import evaluate
+    from shapes.model import load_default
+
+    assert os.path.getsize(os.path.join(STANDARD_DIR, "model.safetensors")) <= 40 * 2**20
+    model = AutoModelForImageTextToText.from_pretrained(STANDARD_DIR, local_files_only=True)
+    assert type(model) is LlavaForConditionalGeneration and model.config.text_config.num_hidden_layers >= 8
+    with open(os.path.join(STANDARD_DIR, "training_args.json")) as f:
+        trained = json.load(f)
+    assert trained["text_format"] == "cells" and trained["question_mix"] == "balanced"  # shapes.pipeline's flags
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    model, proc = load_default(model_dir=STANDARD_DIR)
+    qs = scenes.benchmark(64)
+    inputs = proc.apply_chat_template(_messages(qs[0]), add_generation_prompt=True, tokenize=True,
+                                      return_dict=True, return_tensors="pt")
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == NUM_VISION_TOKENS
+    res = evaluate(model, proc, qs, return_predictions=True)
+    known = {i: qs[i].answer for i in (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 15, 16, 17, 18, 19, 20, 21, 23, 24,
+                                       25, 26, 27, 28, 29, 31, 32, 33, 35, 36, 37, 39, 40, 41, 42, 43, 44, 45, 46, 47,
+                                       48, 49, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63)}
+    assert [known[i] for i in (0, 10, 25, 62)] == ["orange", "top", "three", "bottom"]
+    misses = [i for i, a in known.items() if res["predictions"][i]["prediction"].split()[:1] != [a]]
+    assert len(misses) <= 1, misses

@@ -111,6 +111,19 @@ def phone(browser, url: str) -> None:
     page.close()
 
 
+def two_models(browser, url: str, width: int, name: str) -> None:
+    """*How it works* → the two embedded models side by side, as a visitor at ``width`` px sees them."""
+    page = browser.new_page(viewport={"width": width, "height": 900})
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    page.wait_for_selector("#question textarea")
+    page.get_by_role("tab", name="How it works").click()
+    page.locator("#two-models-chart .main-svg").first.wait_for()
+    page.wait_for_timeout(800)
+    shot(page, ["#two-models-story", "#two-models-chart"], name, min(width, 1000))
+    page.close()
+
+
 def main() -> None:
     from playwright.sync_api import sync_playwright
 
@@ -121,6 +134,8 @@ def main() -> None:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
             desktop(browser, server.url)
             phone(browser, server.url)
+            two_models(browser, server.url, 1400, "two-models.png")
+            two_models(browser, server.url, 390, "phone-two-models.png")
             browser.close()
     finally:
         server.stop()
