@@ -149,7 +149,7 @@ def test_preset_traps_and_the_measured_sweep_follow_the_selected_model(studio):
 def test_how_it_works_shows_both_models_and_says_what_is_missing(studio):
     text, fig = studio.embedded_comparison()
     titles = [a.text for a in fig.layout.annotations]
-    assert titles[:2] == [f"{m.name} ({m.short})" for m in EMBEDDED_MODELS]     # two panels, one per model
+    assert titles[:2] == ["shapes-llava<br>(with training aids)", "shapes-llava-standard<br>(the standard way)"]
     assert {t.xaxis for t in fig.data} == {"x2"}     # the default's folder has no numbers: an empty panel
     missing = " ".join(titles[2:]).replace("<br>", " ")
     assert "report.json is missing" in missing and "sweep.json is missing" in missing   # the default's folder

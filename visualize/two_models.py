@@ -68,7 +68,7 @@ def _bars(fig: go.Figure, variation: Sequence[Mapping[str, Any]], col: int) -> N
     fig.add_trace(go.Bar(
         x=[r["layer"] for r in rows], y=[100 * r["object_in_top_half"] for r in rows],
         marker_color=[LAZY if is_lazy(r) else ACTIVE for r in rows], opacity=0.45,
-        name="object patches in the top half, % (red: lazy, green: active)", legendgroup="bars",
+        name="object patches in the top half, %<br>(red: lazy, green: active)", legendgroup="bars",
         showlegend=col == 1, customdata=[[r["object"], r["background"]] for r in rows],
         hovertemplate="layer %{x}: %{y:.0f} % of the object patches in the top half<br>mean variation: "
                       "object %{customdata[0]:.1f}, background %{customdata[1]:.1f}<extra></extra>"), row=1, col=col)
@@ -92,8 +92,9 @@ def _wrap(text: str, width: int = 44) -> str:
 
 def comparison_figure(models: Sequence[ModelNumbers], budget: float = BUDGET) -> go.Figure:
     """One panel per model (see the module docstring), on one y range so that they compare by eye."""
-    fig = make_subplots(rows=1, cols=max(1, len(models)), shared_yaxes=True, horizontal_spacing=0.05,
-                        subplot_titles=[m.title for m in models] or ["no model"])
+    titles = [_panel_title(m.title) for m in models]
+    fig = make_subplots(rows=1, cols=max(1, len(models)), shared_yaxes=True, horizontal_spacing=0.06,
+                        subplot_titles=titles or ["no model"])
     for col, model in enumerate(models, start=1):
         if model.variation:
             _bars(fig, model.variation, col)
@@ -104,14 +105,22 @@ def comparison_figure(models: Sequence[ModelNumbers], budget: float = BUDGET) ->
                                xref=f"x{col} domain" if col > 1 else "x domain", x=0.5, y=0.5, showarrow=False, font=dict(size=12, color="#a33"),
                                bgcolor="rgba(255,255,255,0.85)")
         fig.add_hline(y=50, line=dict(color="#bbbbbb", dash="dash"), row=1, col=col)
-    fig.update_xaxes(title_text="decoder layer (= first drop layer)", dtick=1)
+    fig.update_xaxes(title_text="decoder layer", dtick=1)
     fig.update_yaxes(range=[0, 110], title_text="%", row=1, col=1)
     fig.update_annotations(font_size=12)
-    fig.update_layout(title=dict(text=f"Lazy object patches and V²Drop vs random<br><sup>budget {100 * budget:.0f} "
-                                      "% of the vision tokens on layer average</sup>", x=0.01),
-                      height=520, template="plotly_white", barmode="overlay", margin=dict(l=50, r=15, t=110, b=60),
+    fig.update_layout(title=dict(text=f"Lazy object patches, V²Drop vs random<br><sup>budget {100 * budget:.0f} "
+                                      "% of the vision tokens on layer average;<br>a layer is also the first drop "
+                                      "layer of the lines</sup>", x=0.01, font_size=16),
+                      height=560, template="plotly_white", barmode="overlay", margin=dict(l=45, r=10, t=150, b=60),
                       legend=dict(orientation="h", y=-0.18, x=0, yanchor="top", font_size=11))
     return fig
+
+
+def _panel_title(title: str) -> str:
+    """"shapes-llava (trained with training aids)" -> the name, then "(with training aids)" below it:
+    two panels side by side fit a phone's width."""
+    name, _, how = title.partition(" (")
+    return f"{name}<br>({how.removeprefix('trained ')}" if how else name
 
 
 def _variation_sentence(variation: Sequence[Mapping[str, Any]]) -> str:

@@ -4,7 +4,8 @@
 
 Chromium at 1280 × 800 (desktop) and 390 × 844 (phone), the embedded model, the first gallery
 example ("what color is the star ?") under the `shapes-50%` preset (first drop at layer 2, the trap
-the lesson is about). Each picture is cropped to its view and stored as a small palette PNG.
+the lesson is about), and *How it works*' two embedded models side by side at 1400 and 390 px.
+Each picture is cropped to its view and stored as a small palette PNG.
 """
 
 from __future__ import annotations
