@@ -23,8 +23,8 @@ are: the text documents open with the scene written as 256 cell words, one per v
 raster order (``shapes.cells``), so that the language model needs lookups over a 256-token prefix
 to answer the questions that follow; alignment gives it the same documents with the picture in
 the cells' place (still projector only unless ``--align-lm-layers``).  ``--cell-init compose``,
-``--text-curriculum``, ``--cell-curriculum``, ``--cell-words`` and ``--cell-loss`` are the variants
-tried (``shapes/README.md``); ``shapes.lookups`` measures where the text stage's model looks.
+``--text-curriculum``, ``--cell-curriculum`` and ``--cell-words`` are the variants tried
+(``shapes/README.md``); ``shapes.lookups`` measures where the text stage's model looks.
 ``--question-mix balanced`` asks a scene's four question types in turn in every stage's documents
 and chats, instead of as often as a scene has them.
 ``--text-format cell-chats`` writes the same cells and questions in the chat template that
@@ -101,9 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cells: where a cell word writes its half (shapes.cells): centres: on each object's "
                          "centre patch (red_circle_tl), the other patches plain; halves: on every object patch, "
                          "its own half, and the centre plain (red_circle)")
-    ap.add_argument("--cell-loss", action="store_true",
-                    help="cells, text: next-token loss on the 256 cell words too, as pretraining scores every "
-                         "token (default: only on the questions and answers after them)")
     ap.add_argument("--text-curriculum", type=float, default=0.0,
                     help="text: share of the steps during which the objects besides the asked ones are capped "
                          "(0 at first, growing to 5; 0: no curriculum)")
@@ -248,7 +245,7 @@ class Pipeline:
             share = background_share(step, self.args.text_steps, self.args.cell_curriculum)
             prefixes = [self.cell_ids(s, share, (self.args.data_seed, step, j)) for j, s in enumerate(samples)]
             ids, attention, labels = (self.chats_with(samples, prefixes) if self.chats
-                                      else self.documents(samples, prefixes, score_prefix=self.args.cell_loss))
+                                      else self.documents(samples, prefixes))
         else:
             rows = [[self.encoder.bos] + self.token_ids(text_document(s)) + [self.encoder.tok.eos_token_id]
                     for s in samples]
@@ -278,16 +275,16 @@ class Pipeline:
             words = [w for w, k in zip(words, keep) if k or w != cells.BACKGROUND]
         return self.encoder.tok.convert_tokens_to_ids(words)
 
-    def documents(self, samples: list[scenes.Sample], prefixes: list[list[int]], score_prefix: bool = False):
+    def documents(self, samples: list[scenes.Sample], prefixes: list[list[int]]):
         """Cell-format documents: ``<s>``, a 256-token prefix (cell words or ``<image>`` tokens),
         the questions and answers, the end token.  -> (ids, attention, labels); the loss covers
-        the text after the prefix, or every token after ``<s>`` with ``score_prefix``."""
+        the text after the prefix."""
         rows = [[self.encoder.bos] + p + self.token_ids(qa_text(s)) + [self.encoder.tok.eos_token_id]
                 for s, p in zip(samples, prefixes)]
         ids, attention = pad(rows, self.encoder.pad)
         labels = ids.masked_fill(attention == 0, -100)
         for row, prefix in enumerate(prefixes):
-            labels[row, : 1 if score_prefix else 1 + len(prefix)] = -100
+            labels[row, : 1 + len(prefix)] = -100
         return ids, attention, labels
 
     def chats_with(self, samples: list[scenes.Sample], prefixes: list[list[int]]):

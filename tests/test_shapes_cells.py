@@ -99,16 +99,6 @@ def test_documents_put_the_loss_on_the_text_after_the_prefix_only():
     assert answer in labels[0].tolist()
 
 
-def test_cell_loss_scores_the_cell_words_in_text_but_never_the_picture():
-    pipe = _pipeline("cells", "--cell-loss")
-    samples = [scenes.sample(scenes.TRAIN_SEED, i, n_extra=3) for i in range(2)]
-    ids, attention, labels = pipe.documents(samples, [pipe.cell_ids(s) for s in samples], score_prefix=True)
-    n = int(attention[0].sum())
-    assert labels[0, 0] == -100 and (labels[0, 1:n] == ids[0, 1:n]).all()  # every cell word, then the text
-    batch = pipe.align_batch(samples)
-    assert (batch["labels"][batch["input_ids"] == pipe.encoder.image] == -100).all()
-
-
 def test_alignment_documents_put_the_picture_where_the_cells_were():
     pipe = _pipeline()
     samples = [scenes.sample(scenes.TRAIN_SEED, i, n_extra=2) for i in range(3)]
@@ -230,7 +220,7 @@ def test_text_turns_sets_how_many_questions_a_text_document_asks():
     def questions(extra: list[str]) -> int:
         pipe = Pipeline(build_parser().parse_args(["--text-format", "cells", *extra]), torch.device("cpu"))
 
-        def documents(samples, prefixes, score_prefix=False):
+        def documents(samples, prefixes):
             raise Seen(samples)
 
         pipe.documents = documents
