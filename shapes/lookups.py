@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from . import cells, scenes, truth
+from .pipeline import Pipeline, build_parser, pad
 from .train import VAL_SEED
 
 LOOKUP_SEED = VAL_SEED + 7  # held out: no training stream uses it
@@ -39,8 +40,6 @@ def asked_cells(sample: scenes.Sample, words: list[str]) -> np.ndarray:
 def answer_logits_and_attention(pipe, samples: list[scenes.Sample]) -> tuple[torch.Tensor, torch.Tensor]:
     """The logits at the position that predicts each sample's answer, (batch, vocab), and every
     layer's attention from there over the 256 cells, (layers, batch, heads, 256)."""
-    from .pipeline import pad  # pipeline imports nothing from here; importing it at call time keeps that so
-
     rows = [pipe.query_row(pipe.cell_ids(s), s.question) for s in samples]
     ids, attention = pad(rows, pipe.encoder.pad)
     lm = pipe.model.model.language_model
@@ -101,14 +100,13 @@ def best_lookup_heads(shares: np.ndarray) -> list[tuple[int, float, float, float
 def report(pipe, n: int) -> str:
     """The error kinds on ``n`` colour questions and, per question type, each layer's best lookup head."""
     lines = []
-    colour = [scenes.sample(LOOKUP_SEED, i, qtype="color") for i in range(n)]
-    logits, _ = answer_logits_and_attention(pipe, colour)
-    errors = answer_errors(pipe, colour, logits)
-    lines.append(f"colour answers on {n} held-out cell documents: "
-                 + ", ".join(f"{k} {100 * v / n:.1f} %" for k, v in errors.most_common()))
     for qtype in scenes.QTYPES:
         samples = [scenes.sample(LOOKUP_SEED, i, qtype=qtype) for i in range(n)]
-        _, maps = answer_logits_and_attention(pipe, samples)
+        logits, maps = answer_logits_and_attention(pipe, samples)
+        if qtype == "color":
+            errors = answer_errors(pipe, samples, logits)
+            lines.insert(0, f"colour answers on {n} held-out cell documents: "
+                         + ", ".join(f"{k} {100 * v / n:.1f} %" for k, v in errors.most_common()))
         lines.append(f"{qtype}: per layer, the head that looks most at the asked objects' cells "
                      "(attention on asked / other objects / background cells)")
         shares = answer_attention(samples, maps, pipe.args.cell_words)
@@ -118,8 +116,6 @@ def report(pipe, n: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .pipeline import Pipeline, build_parser
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--stage", required=True, help="a saved stage of shapes.pipeline --text-format cells (text.pt ...)")
     ap.add_argument("--cell-words", choices=cells.LANGUAGES, default="centres", help="the language it read")
